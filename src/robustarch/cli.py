@@ -1,0 +1,56 @@
+"""The ``robustarch`` command line. Each part of the package contributes its own subcommands through a
+``register(subparsers)`` function in its ``cli`` module; this module only assembles them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from robustarch import __version__
+from robustarch.errors import RobustarchError
+
+# Order = order in --help. Each module defines register(subparsers); each subcommand sets func(args) -> int.
+SUBCOMMAND_MODULES = (
+    "robustarch.zoo.cli",
+    "robustarch.attacks.cli",
+    "robustarch.data.cli",
+    "robustarch.evaluation.cli",
+    "robustarch.report.cli",
+    "robustarch.train.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustarch",
+        description="Adversarial robustness of handcrafted vs NAS-found architectures.",
+    )
+    parser.add_argument("--version", action="version", version=f"robustarch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) + (10 if args.verbose == 0 else 0)
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose == 0:
+        logging.getLogger("robustarch").setLevel(logging.INFO)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RobustarchError as err:
+        print(f"robustarch {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Shared test fixtures. ``../shared`` (beside the repository) holds the conformance fixtures and real data;
+tests that need it skip with a clear reason when it is absent (a user's clone has none)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ROBUSTARCH_SHARED", REPO.parent / "shared"))
+SHARED_REASON = (
+    f"needs the shared material at {SHARED} (conformance fixtures / real data), which is absent; "
+    "set ROBUSTARCH_SHARED to point elsewhere"
+)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared, or skip the calling test with a clear reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{SHARED_REASON} (missing {path})")
+    return path
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return shared_path()
