@@ -12,9 +12,11 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import torch" 
 if [ "${1:-}" = "--test" ]; then
+  bash scripts/system-deps.sh dataset-fashion-mnist chromium
   "${PIP[@]}" -e ".[test]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
   "${PIP[@]}" --no-deps "torchattacks==3.5.1" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 else
+  bash scripts/system-deps.sh dataset-fashion-mnist
   "${PIP[@]}" -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 fi
 .venv/bin/python -c "import robustarch" 
