@@ -8,15 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-"${PIP[@]}" "torch==2.13.0" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import torch" 
+# pip's exit status is kept; only the noise about this machine's empty local indexes is filtered out.
+pip_install() {
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install "torch==2.13.0"
 if [ "${1:-}" = "--test" ]; then
   bash scripts/system-deps.sh dataset-fashion-mnist chromium
-  "${PIP[@]}" -e ".[test]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-  "${PIP[@]}" --no-deps "torchattacks==3.5.1" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  pip_install -e ".[test]"
+  pip_install --no-deps "torchattacks==3.5.1"
 else
   bash scripts/system-deps.sh dataset-fashion-mnist
-  "${PIP[@]}" -e . 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  pip_install -e .
 fi
-.venv/bin/python -c "import robustarch" 
+.venv/bin/python -c "import robustarch, torch; print('robustarch ready, torch', torch.__version__)"
