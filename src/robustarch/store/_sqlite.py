@@ -1,0 +1,342 @@
+"""The SQLite results store (``docs/store.md``): crash-safe chunk commits, several writers, one file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from robustarch.errors import RobustarchError
+from robustarch.store._hooks import pause_point
+from robustarch.store._types import (
+    EXAMPLE_FIELDS,
+    FLAG_STATUSES,
+    ExampleOutcome,
+    Flag,
+    RunKey,
+    RunResult,
+    canonical_json,
+    wilson_interval,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_STORE = "robustarch.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    key_json TEXT NOT NULL,
+    dataset TEXT NOT NULL, dataset_label TEXT NOT NULL, subset TEXT NOT NULL,
+    model TEXT NOT NULL, model_family TEXT NOT NULL, method TEXT NOT NULL, params_count INTEGER NOT NULL,
+    weights_hash TEXT NOT NULL, attack TEXT NOT NULL, attack_params TEXT NOT NULL, profile TEXT NOT NULL,
+    seed INTEGER NOT NULL, dtype TEXT NOT NULL, device TEXT NOT NULL, n_planned INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL, adv_metric TEXT NOT NULL, meta TEXT NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), chunk_index INTEGER NOT NULL, n INTEGER NOT NULL,
+    seconds REAL, writer TEXT NOT NULL, committed_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, chunk_index)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS examples (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), example_id INTEGER NOT NULL, chunk_index INTEGER NOT NULL,
+    label INTEGER NOT NULL, clean_pred INTEGER NOT NULL, clean_correct1 INTEGER NOT NULL,
+    clean_correct5 INTEGER NOT NULL, adv_pred INTEGER NOT NULL, adv_correct1 INTEGER NOT NULL,
+    adv_correct5 INTEGER NOT NULL, linf REAL NOT NULL, l2 REAL NOT NULL, attacked INTEGER NOT NULL,
+    PRIMARY KEY (run_id, example_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flags (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), check_name TEXT NOT NULL, status TEXT NOT NULL,
+    value REAL, detail TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, check_name)
+) WITHOUT ROWID;
+"""
+
+_KEY_FIELDS = tuple(f.name for f in fields(RunKey))
+_FILTERS = ("run_id", "dataset", "subset", "model", "attack", "profile", "weights_hash", "device", "dtype")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _writer() -> str:
+    rank = os.environ.get("RANK")
+    return f"{socket.gethostname()}:{os.getpid()}" + (f":rank{rank}" if rank is not None else "")
+
+
+class Store:
+    """One SQLite file of runs, per-example outcomes and reliability flags.
+
+    WAL journal, one transaction per chunk: a crash (even ``kill -9``) leaves only whole chunks, and a
+    re-run continues from the first chunk not committed. Several processes may write to one file; SQLite's
+    lock serializes the (short) commits, and a busy writer waits up to ``timeout`` seconds.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE, *, timeout: float = 120.0):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise RobustarchError(
+                f"store path {self.path} is a directory; give a file such as {DEFAULT_STORE}"
+            )
+        if not self.path.parent.exists():
+            raise RobustarchError(f"store folder {self.path.parent} does not exist")
+        try:
+            # autocommit mode: every write below opens its own explicit transaction
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL under WAL: a committed chunk survives a process crash; only power loss may drop the
+            # last commits, and then whole chunks, never part of one
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RobustarchError(
+                    f"store {self.path} has schema version {version}; this robustarch reads up to "
+                    f"{SCHEMA_VERSION}. Upgrade robustarch."
+                )
+            if version < SCHEMA_VERSION:
+                # executescript would commit the open transaction: run the statements one by one
+                with self._transaction():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as err:
+            raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------------------
+    def begin_run(self, key: RunKey, meta: dict[str, Any] | None = None) -> str:
+        """Register a run (idempotent: an existing run keeps its first ``meta``) and return its id."""
+        run_id = key.run_id
+        values = {f: getattr(key, f) for f in _KEY_FIELDS}
+        values["attack_params"] = canonical_json(key.attack_params)
+        row = {
+            "run_id": run_id,
+            "key_json": canonical_json(key.identity()),
+            **values,
+            "meta": canonical_json(meta or {}),
+            "created_at": _now(),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        with self._transaction():
+            self._db.execute(f"INSERT OR IGNORE INTO runs ({cols}) VALUES ({marks})", row)
+        return run_id
+
+    def _key(self, run_id: str) -> RunKey:
+        row = self._db.execute(
+            f"SELECT {', '.join(_KEY_FIELDS)} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise RobustarchError(f"no run {run_id!r} in store {self.path}")
+        values = dict(zip(_KEY_FIELDS, row, strict=True))
+        values["attack_params"] = json.loads(values["attack_params"])
+        return RunKey(**values)
+
+    def committed_chunks(self, run_id: str) -> set[int]:
+        rows = self._db.execute("SELECT chunk_index FROM chunks WHERE run_id = ?", (run_id,))
+        return {r[0] for r in rows}
+
+    def commit_chunk(
+        self,
+        run_id: str,
+        chunk_index: int,
+        outcomes: Sequence[ExampleOutcome],
+        *,
+        seconds: float | None = None,
+    ) -> bool:
+        """Write one chunk's outcomes in one transaction. Idempotent: a chunk already committed is left as
+        it is (and False returned); a different outcome for it is logged, since runs are deterministic."""
+        key = self._key(run_id)
+        if not 0 <= chunk_index < key.n_chunks:
+            raise RobustarchError(f"chunk {chunk_index} outside run {run_id} (0..{key.n_chunks - 1})")
+        start, stop = key.chunk_bounds(chunk_index)
+        if len(outcomes) != stop - start:
+            raise RobustarchError(
+                f"chunk {chunk_index} of run {run_id} needs {stop - start} outcomes, got {len(outcomes)}"
+            )
+        rows = [(run_id, chunk_index, *astuple(o)) for o in outcomes]
+        cols = ", ".join(("run_id", "chunk_index", *EXAMPLE_FIELDS))
+        with self._transaction():
+            exists = self._db.execute(
+                "SELECT 1 FROM chunks WHERE run_id = ? AND chunk_index = ?", (run_id, chunk_index)
+            ).fetchone()
+            if exists:
+                stored = self._examples(run_id, chunk_index)
+                if stored != list(outcomes):
+                    log.warning(
+                        "run %s chunk %d was already committed with different outcomes; kept the stored "
+                        "ones (a nondeterministic model or attack?)", run_id, chunk_index
+                    )
+                return False
+            self._db.executemany(
+                f"INSERT INTO examples ({cols}) VALUES ({', '.join('?' * (2 + len(EXAMPLE_FIELDS)))})", rows
+            )
+            self._db.execute(
+                "INSERT INTO chunks (run_id, chunk_index, n, seconds, writer, committed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, chunk_index, len(outcomes), seconds, _writer(), _now()),
+            )
+            pause_point("mid-commit")
+        return True
+
+    def finish_run(self, run_id: str) -> bool:
+        """Mark a run complete once all its chunks are committed; returns whether it is complete."""
+        key = self._key(run_id)
+        with self._transaction():
+            n_chunks, n = self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM chunks WHERE run_id = :r), "
+                "(SELECT COUNT(*) FROM examples WHERE run_id = :r)",
+                {"r": run_id},
+            ).fetchone()
+            if n_chunks != key.n_chunks or n != key.n_planned:
+                return False
+            self._db.execute(
+                "UPDATE runs SET complete = 1, finished_at = COALESCE(finished_at, ?) WHERE run_id = ?",
+                (_now(), run_id),
+            )
+        return True
+
+    def add_flag(self, run_id: str, check: str, status: str, value: float | None, detail: str) -> None:
+        """Store a reliability check's verdict on a run; a later verdict of the same check replaces it."""
+        if status not in FLAG_STATUSES:
+            raise RobustarchError(f"flag status must be one of {FLAG_STATUSES}, got {status!r}")
+        self._key(run_id)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO flags (run_id, check_name, status, value, detail, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, check, status, None if value is None else float(value), detail, _now()),
+            )
+
+    # -- reading --------------------------------------------------------------------------------------
+    def _examples(self, run_id: str, chunk_index: int | None = None) -> list[ExampleOutcome]:
+        sql = f"SELECT {', '.join(EXAMPLE_FIELDS)} FROM examples WHERE run_id = ?"
+        args: tuple[Any, ...] = (run_id,)
+        if chunk_index is not None:
+            sql += " AND chunk_index = ?"
+            args += (chunk_index,)
+        out = []
+        for r in self._db.execute(sql + " ORDER BY example_id", args):
+            label, cp, c1, c5, ap, a1, a5 = r[1:8]
+            out.append(ExampleOutcome(r[0], label, cp, bool(c1), bool(c5), ap, bool(a1), bool(a5), r[8], r[9],
+                                      bool(r[10])))
+        return out
+
+    def examples(self, run_id: str) -> list[ExampleOutcome]:
+        """The run's per-example outcomes, ordered by example id."""
+        self._key(run_id)
+        return self._examples(run_id)
+
+    def flags(self, run_id: str) -> list[Flag]:
+        rows = self._db.execute(
+            "SELECT check_name, status, value, detail FROM flags WHERE run_id = ? ORDER BY check_name",
+            (run_id,),
+        )
+        return [Flag(*r) for r in rows]
+
+    def results(self, **filters: Any) -> list[RunResult]:
+        """Runs with aggregates computed from the stored outcomes. Filters: ``complete`` (bool) and any of
+        run_id, dataset, subset, model, attack, profile, weights_hash, device, dtype (a value or a list)."""
+        where, args = [], []
+        for name, value in filters.items():
+            if name == "complete":
+                if value is not None:
+                    where.append("r.complete = ?")
+                    args.append(int(bool(value)))
+                continue
+            if name not in _FILTERS:
+                known = ", ".join(("complete", *_FILTERS))
+                raise RobustarchError(f"unknown results filter {name!r}; known: {known}")
+            values = [value] if isinstance(value, str | int) else list(value)
+            where.append(f"r.{name} IN ({', '.join('?' * len(values))})")
+            args.extend(values)
+        sql = f"""
+            SELECT r.run_id, {', '.join('r.' + f for f in _KEY_FIELDS)}, r.meta, r.complete, r.created_at,
+                   r.finished_at,
+                   COUNT(e.example_id), COALESCE(SUM(e.clean_correct1), 0),
+                   COALESCE(SUM(e.clean_correct5), 0),
+                   COALESCE(SUM(e.adv_correct1), 0), COALESCE(SUM(e.adv_correct5), 0),
+                   COALESCE(SUM(e.clean_correct1 AND NOT e.adv_correct1), 0),
+                   COALESCE(MAX(e.linf), 0), COALESCE(AVG(e.linf), 0), COALESCE(MAX(e.l2), 0),
+                   COALESCE(AVG(e.l2), 0), COALESCE(SUM(e.attacked), 0)
+            FROM runs r LEFT JOIN examples e ON e.run_id = r.run_id
+            {'WHERE ' + ' AND '.join(where) if where else ''}
+            GROUP BY r.run_id ORDER BY r.dataset, r.model, r.attack, r.created_at, r.run_id
+        """
+        out = []
+        for row in self._db.execute(sql, args).fetchall():
+            run_id, rest = row[0], row[1:]
+            key = dict(zip(_KEY_FIELDS, rest[: len(_KEY_FIELDS)], strict=True))
+            key["attack_params"] = json.loads(key["attack_params"])
+            meta, complete, created, finished, n, c1, c5, a1, a5, broken = rest[len(_KEY_FIELDS):-5]
+            lmax, lmean, l2max, l2mean, att = rest[-5:]
+
+            def frac(k: int, n: int = n) -> float:
+                return k / n if n else float("nan")
+
+            out.append(
+                RunResult(
+                    run_id=run_id, **key, meta=json.loads(meta), n=n, complete=bool(complete),
+                    clean_top1=frac(c1), clean_top5=frac(c5), adv_top1=frac(a1), adv_top5=frac(a5),
+                    clean_top1_ci=wilson_interval(c1, n), clean_top5_ci=wilson_interval(c5, n),
+                    adv_top1_ci=wilson_interval(a1, n), adv_top5_ci=wilson_interval(a5, n),
+                    clean_top1_count=c1, clean_top5_count=c5, adv_top1_count=a1, adv_top5_count=a5,
+                    attack_success_rate=broken / c1 if c1 else float("nan"),
+                    linf_max=lmax, linf_mean=lmean, l2_max=l2max, l2_mean=l2mean, n_attacked=att,
+                    created_at=created, finished_at=finished, flags=self.flags(run_id),
+                )
+            )
+        return out
+
+    def result(self, run_id: str) -> RunResult:
+        found = self.results(run_id=run_id)
+        if not found:
+            raise RobustarchError(f"no run {run_id!r} in store {self.path}")
+        return found[0]
+
+    def chunk_seconds(self, run_ids: Iterable[str] | None = None) -> list[tuple[int, float]]:
+        """(examples, seconds) of committed chunks that recorded their compute time (ETAs, benchmarks)."""
+        rows = self._db.execute("SELECT run_id, n, seconds FROM chunks WHERE seconds IS NOT NULL").fetchall()
+        wanted = None if run_ids is None else set(run_ids)
+        return [(n, s) for r, n, s in rows if wanted is None or r in wanted]
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): takes the write lock up front, so two
+    writers never deadlock upgrading a read lock."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
