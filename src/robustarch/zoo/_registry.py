@@ -16,8 +16,38 @@ from robustarch.errors import RobustarchError, UnknownNameError
 
 DatasetFamily = Literal["cifar", "imagenet"]
 
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+# torchvision's ImageNet statistics, used by every published ImageNet checkpoint in the zoo
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_STATS: Stats = (IMAGENET_MEAN, IMAGENET_STD)
+# huyvnphan/PyTorch_CIFAR10 (cifar10_module.py, 2019): the stats its published CIFAR-10 weights were trained
+# with (the std is the widely copied per-image value, not the dataset's pixel std)
+CIFAR10_HUYVNPHAN_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+# where huyvnphan/PyTorch_CIFAR10 publishes its 2019 CIFAR-10 weights (raw state_dicts, keys unprefixed)
+HUYVNPHAN_CIFAR10_WEIGHTS = (
+    "huyvnphan/PyTorch_CIFAR10 2019 release, CIFAR-10 only: Google Drive folder "
+    "15jBlLkOFg0eK-pwsmXoSesNDyDb_HOeV (linked from the README at ff9ada1), file {name}.pt"
+)
+# CIFAR-100 training-set per-channel pixel mean/std (no published weights to match; our own choice)
+CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+# Fashion-MNIST training-set pixel mean/std, computed from the 60,000 training images (0.28604, 0.35302)
+FASHION_MNIST_STATS: Stats = ((0.2860,), (0.3530,))
+
+
+def cifar_normalization(cifar10_stats: Stats) -> dict[str, Stats]:
+    """Per-dataset mean/std for a CIFAR-family entry whose published CIFAR-10 weights used ``cifar10_stats``.
+
+    CIFAR-10 as JPEG holds the same images, so it keeps the CIFAR-10 stats; CIFAR-100 and Fashion-MNIST have
+    no published weights of these layouts, so they get their own training-set statistics.
+    """
+    return {
+        "cifar10": cifar10_stats,
+        "cifar10-jpeg": cifar10_stats,
+        "cifar100": CIFAR100_STATS,
+        "fashion-mnist": FASHION_MNIST_STATS,
+    }
 
 
 @dataclass(frozen=True)
@@ -69,20 +99,31 @@ class ModelSpec:
     reference: str  # reference implementation: repo @ commit, file, class
     weights: str  # where the authors publish weights (or "none published")
     checkpoint_prefix: str = ""  # key prefix the authors' / the study's checkpoints carry, e.g. "module."
+    # (regex, replacement) pairs applied to every checkpoint key before strict loading, for published weight
+    # files whose keys predate the current layout (torchvision's DenseNet files: "norm.1" -> "norm1")
+    key_rewrites: tuple[tuple[str, str], ...] = ()
     # mean/std the published weights were trained with, per dataset name; "*" is the fallback
-    normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+    normalization: dict[str, Stats] = field(default_factory=dict)
     # architecture defaults per dataset name ("*" = all), overridable by build(**overrides)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
+    # name of the study model this entry is an alternative of (e.g. a later revision of the reference code);
+    # "" for the models the study itself evaluated
+    variant_of: str = ""
 
     @property
     def key(self) -> tuple[str, DatasetFamily]:
         return (self.name, self.dataset_family)
 
+    @property
+    def input_size(self) -> int:
+        """H = W the network was designed for (32 for the CIFAR family, 224 for ImageNet)."""
+        return 32 if self.dataset_family == "cifar" else 224
+
     def arch_kwargs(self, dataset: str) -> dict[str, Any]:
         return {**self.defaults.get("*", {}), **self.defaults.get(dataset, {})}
 
-    def mean_std(self, dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def mean_std(self, dataset: str) -> Stats:
         if dataset in self.normalization:
             return self.normalization[dataset]
         if "*" in self.normalization:

@@ -1,0 +1,163 @@
+"""The model zoo: every architecture of the study, built to be provably identical to its authors' code.
+
+``build`` returns the bare network (reference ``state_dict`` keys, float32, train mode);
+``load`` returns it wrapped with its input normalization, in eval mode, taking images in [0, 1], optionally
+with weights from a checkpoint file. Each family file (``vgg.py``, ``darts.py``, ...) registers its entries
+with :func:`robustarch.zoo._registry.register_model`; adding a model is one file plus one registration.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+from typing import Any
+
+from torch import nn
+
+from robustarch.errors import UnknownNameError
+from robustarch.zoo._checkpoint import (
+    file_sha256,
+    load_state_dict_strict,
+    read_checkpoint,
+    remap_keys,
+    save_checkpoint,
+)
+from robustarch.zoo._normalize import Normalized
+from robustarch.zoo._registry import DATASETS, ModelSpec, all_specs, dataset_shape, get_spec
+
+log = logging.getLogger(__name__)
+
+# Each module registers its models on import.
+FAMILY_MODULES = ("vgg", "resnet", "densenet", "darts", "nsga_net", "densenas")
+for _module in FAMILY_MODULES:
+    importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = [
+    "DATASETS",
+    "FAMILY_MODULES",
+    "ModelSpec",
+    "Normalized",
+    "build",
+    "file_sha256",
+    "get_spec",
+    "list_models",
+    "list_specs",
+    "load",
+    "read_checkpoint",
+    "save_checkpoint",
+    "unwrap",
+]
+
+
+def _builder_params(spec: ModelSpec) -> tuple[set[str], bool]:
+    params = inspect.signature(spec.builder).parameters.values()
+    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_kwargs(name: str, dataset: str, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments ``build`` passes to the spec's builder: dataset shape, registered defaults,
+    then ``overrides``. Unknown override names raise :class:`UnknownNameError` with close names."""
+    spec = get_spec(name, dataset)
+    shape = dataset_shape(dataset)
+    kwargs: dict[str, Any] = {"num_classes": shape.num_classes, "in_channels": shape.in_channels}
+    kwargs.update(spec.arch_kwargs(dataset))
+    accepted, any_kw = _builder_params(spec)
+    for key in overrides:
+        if key not in accepted and not any_kw:
+            raise UnknownNameError(f"argument of model {name!r}", key, accepted)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def build(name: str, dataset: str, **overrides: Any) -> nn.Module:
+    """The bare network ``name`` for ``dataset`` (float32, train mode, reference ``state_dict`` keys).
+
+    ``overrides`` replace architecture arguments (e.g. ``width=16`` for a small handcrafted net, ``C`` and
+    ``layers`` for DARTS-family nets, ``num_classes`` / ``in_channels``); the defaults are the published
+    ones. The network expects ``spec.input_size`` inputs, already normalized; use :func:`load` for the
+    [0, 1]-input model.
+    """
+    spec = get_spec(name, dataset)
+    return spec.builder(**build_kwargs(name, dataset, **overrides))
+
+
+def load(
+    name: str,
+    dataset: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    allow_pickle: bool = False,
+    **overrides: Any,
+) -> Normalized:
+    """The network with its input normalization inside, in eval mode, taking images in [0, 1].
+
+    ``weights`` is a checkpoint path (see :mod:`robustarch.zoo._checkpoint` for the accepted forms); it is
+    loaded strictly and any key mismatch raises :class:`RobustarchError` with the full report. A file written
+    by :func:`save_checkpoint` whose metadata records ``overrides`` is rebuilt with them unless the caller
+    passes overrides. ``allow_pickle=True`` lets ``torch.load`` unpickle arbitrary objects: only for trusted
+    files. Without ``weights`` the network keeps its random initialisation.
+    """
+    spec = get_spec(name, dataset)
+    shape = dataset_shape(dataset)
+    state = None
+    metadata: dict[str, Any] = {}
+    if weights is not None:
+        state, metadata = read_checkpoint(weights, allow_pickle=allow_pickle)
+        recorded = metadata.get("model")
+        if recorded and recorded != name:
+            log.warning("%s records model %r, loading it as %r", weights, recorded, name)
+        if not overrides and isinstance(metadata.get("overrides"), dict) and metadata["overrides"]:
+            overrides = dict(metadata["overrides"])
+            log.info("rebuilding %s with the overrides recorded in %s: %s", name, weights, overrides)
+    net = build(name, dataset, **overrides)
+    if state is not None:
+        own = net.state_dict()
+        state = remap_keys(state, own, spec.checkpoint_prefix, spec.key_rewrites)
+        load_state_dict_strict(net, state, source=str(weights))
+    mean, std = spec.mean_std(dataset)
+    pad_to = spec.input_size if shape.input_size < spec.input_size else None
+    model = Normalized(net, mean, std, pad_to=pad_to)
+    model.spec = spec  # type: ignore[assignment]  # for reports: which entry this is
+    model.checkpoint_metadata = metadata  # type: ignore[assignment]
+    return model.eval()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare network inside ``model``: removes robustarch's :class:`Normalized`, ``nn.DataParallel`` /
+    ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, Normalized):
+            model = model.net
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def list_specs(dataset: str | None = None, *, variants: bool = True) -> list[ModelSpec]:
+    """Registered specs, for ``dataset``'s family if given; ``variants=False`` keeps the study's models."""
+    specs = all_specs()
+    if dataset is not None:
+        family = dataset_shape(dataset).family
+        specs = [s for s in specs if s.dataset_family == family]
+    if not variants:
+        specs = [s for s in specs if not s.variant_of]
+    return sorted(specs, key=lambda s: (s.dataset_family, s.name))
+
+
+def list_models(dataset: str | None = None, *, variants: bool = True) -> list[str]:
+    """Sorted model names available for ``dataset`` (any dataset when ``None``)."""
+    return sorted({s.name for s in list_specs(dataset, variants=variants)})
+
+
+def count_parameters(model: nn.Module, *, exclude_auxiliary: bool = False) -> int:
+    """Elements over ``model.parameters()`` (buffers excluded), optionally without parameters whose name
+    contains ``auxiliary`` (the DARTS-family training-only head), as the conformance fixtures count them."""
+    return sum(
+        p.numel() for n, p in unwrap(model).named_parameters() if not (exclude_auxiliary and "auxiliary" in n)
+    )
