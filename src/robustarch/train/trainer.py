@@ -1,0 +1,591 @@
+"""Training a zoo network with a published recipe (:mod:`robustarch.train.recipes`).
+
+Where no checkpoint is published, the study (Devaguptapu et al., 2020, Sec. 3) trained the models "from
+scratch until we obtain the performance reported in the respective papers"; :func:`train` does that.
+
+* The network is trained *with* its input normalization inside (the same ``mean``/``std`` the zoo puts in
+  front of it when it loads the weights), on ``[0, 1]`` images; augmentation runs on batched tensors.
+* Mixed precision (``torch.autocast``) on CUDA; plain float32 on CPU.
+* DDP when started by ``torchrun`` (``WORLD_SIZE`` > 1): gloo on CPU, NCCL on GPU. The recipe's batch is
+  the global batch; every process takes an equal share.
+* A checkpoint after every epoch (model, optimizer, scheduler, grad scaler, every process's RNG states,
+  history); running the same command again resumes from it, bit-exactly on CPU.
+* The result is saved with :func:`robustarch.zoo.save_checkpoint`, in the format
+  :func:`robustarch.zoo.load` reads, with metadata: recipe, epochs, final clean accuracy, data hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from robustarch.errors import RobustarchError
+from robustarch.train.augment import augment_batch
+from robustarch.train.recipes import Recipe, default_recipe, get_recipe
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"  # the per-epoch training state
+RESULT_NAME = "model.pt"  # the trained network, in robustarch.zoo's checkpoint format
+SUMMARY_NAME = "train.json"  # human-readable summary and history
+FORMAT_VERSION = 1
+
+Amp = Literal["auto", "off", "fp16", "bf16"]
+
+
+@dataclass
+class TrainConfig:
+    """What ``robustarch train`` is asked to do. ``None`` means "the recipe's published value"."""
+
+    model: str
+    dataset: str
+    data_root: str | Path
+    out: str | Path
+    recipe: str | None = None  # default: the published recipe of the model's method
+    epochs: int | None = None
+    batch_size: int | None = None  # global batch
+    lr: float | None = None
+    seed: int = 0
+    device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
+    amp: Amp = "auto"  # auto = fp16 autocast on CUDA, off on CPU
+    train_limit: int | None = None  # train on the first N training examples only
+    test_limit: int | None = None  # measure the final clean accuracy on the first N test examples
+    arch: dict[str, Any] = field(default_factory=dict)  # architecture overrides for zoo.build
+    workers: int = 0
+    progress: bool = True  # a progress bar per epoch (rank 0)
+    eval_batch_size: int = 256
+
+
+@dataclass
+class TrainResult:
+    path: Path  # the trained network (zoo checkpoint)
+    clean_accuracy: float  # top-1 on the test split (or its first test_limit examples), in [0, 1]
+    n_test: int
+    epochs: int
+    recipe: str
+    data_hash: str
+    history: list[dict[str, float]]
+    wall_s: float
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        d = _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        d = _Dist()
+    if device is None:
+        dev = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{d.local_rank}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return d, dev
+
+
+def _split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(out, (tuple, list)):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+def _set_drop_path(net: nn.Module, p: float) -> bool:
+    """DARTS-family nets read ``drop_path_prob``, NSGA-Net ``droprate``; returns whether one was set."""
+    done = False
+    for attr in ("drop_path_prob", "droprate"):
+        if hasattr(net, attr):
+            setattr(net, attr, p)
+            done = True
+    return done
+
+
+def dataset_hash(ds: Dataset, batch_size: int = 1024) -> str:
+    """Identifies the exact examples a model was trained on, whatever files or subset they came from:
+    sha256(sha256(uint8 pixels, (N, C, H, W) in index order) + sha256(int64 labels))."""
+    h_img, h_lab = hashlib.sha256(), hashlib.sha256()
+    bulk = _bulk_tensors(ds)
+    if bulk is not None:
+        images, labels = bulk
+        h_img.update(images.contiguous().numpy().tobytes())
+        h_lab.update(labels.to(torch.int64).numpy().tobytes())
+    else:
+        for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            h_img.update(_to_uint8(x).contiguous().numpy().tobytes())
+            h_lab.update(torch.as_tensor(y).to(torch.int64).numpy().tobytes())
+    return hashlib.sha256((h_img.hexdigest() + h_lab.hexdigest()).encode()).hexdigest()
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.uint8 else (x.float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+# decode a whole training split into memory when it is at most this big (CIFAR: 150 MB; ImageNet: no)
+BULK_LIMIT_BYTES = 2 << 30
+
+
+def _bulk_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(uint8 images, labels) of a robustarch.data ImageDataset small enough to hold in memory, else None."""
+    if not (hasattr(ds, "uint8") and hasattr(ds, "labels") and hasattr(ds, "image_size")):
+        return None
+    size = len(ds) * int(torch.tensor(ds.image_size).prod())  # type: ignore[arg-type]
+    if not getattr(ds, "is_decoded", False) and size > BULK_LIMIT_BYTES:
+        return None
+    return ds.uint8(), ds.labels  # type: ignore[union-attr, operator]
+
+
+class _TensorBatches:
+    """Batches of an in-memory uint8 split in the sampler's order: what a DataLoader over the same sampler
+    yields (converted to float on the device), without per-example Python calls."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: DistributedSampler, batch: int):
+        self.images, self.labels, self.sampler, self.batch = images, labels, sampler, batch
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        for start in range(0, len(order), self.batch):
+            idx = order[start : start + self.batch]
+            yield self.images[idx], self.labels[idx]
+
+
+@torch.no_grad()
+def evaluate_clean(
+    model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: Any = None
+) -> tuple[int, int]:
+    """(correct, total) top-1 of ``model`` (eval mode, logits only) over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+        with ctx:
+            logits, _ = _split_output(model(x))
+        correct += int((logits.argmax(1) == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    return correct, total
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """One training run: network, data, recipe, optimizer, schedule and the per-epoch checkpoint.
+
+    :func:`train` builds one from a :class:`TrainConfig`; tests may build one around any network.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        recipe: Recipe,
+        *,
+        out: str | Path,
+        fill: Iterable[float] | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        amp: Amp = "auto",
+        workers: int = 0,
+        progress: bool = True,
+        run_key: dict[str, Any] | None = None,
+        dist_info: _Dist | None = None,
+    ):
+        self.recipe = recipe
+        self.device = torch.device(device)
+        self.dist = dist_info or _Dist()
+        self.out = Path(out)
+        self.seed = seed
+        self.progress = progress
+        self.run_key = {**(run_key or {}), "recipe": recipe.to_dict(), "seed": seed, "world": self.dist.world}
+        # cutout writes the normalization mean (zero after normalizing, as in the reference Cutout)
+        mean = getattr(model, "mean", None)
+        if fill is None:
+            fill = mean.flatten().tolist() if mean is not None else [0.0]
+        self.fill = list(fill)
+        if recipe.batch_size % self.dist.world:
+            raise RobustarchError(
+                f"the global batch {recipe.batch_size} does not split evenly over {self.dist.world} processes"
+            )
+        self.local_batch = recipe.batch_size // self.dist.world
+
+        # `model` takes [0, 1] images (normalization inside); `net` is the bare network inside it
+        model = model.to(self.device)
+        self.net: nn.Module = getattr(model, "net", model)
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+        if recipe.drop_path and not _set_drop_path(self.net, 0.0):
+            log.warning("recipe %s asks for drop path; the network has no drop-path attribute", recipe.name)
+
+        self.sampler = DistributedSampler(
+            train_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=seed
+        )
+        bulk = _bulk_tensors(train_set)
+        self.loader: Iterable
+        if bulk is not None:
+            self.loader = _TensorBatches(*bulk, self.sampler, self.local_batch)
+        else:
+            self.loader = DataLoader(
+                train_set,
+                batch_size=self.local_batch,
+                sampler=self.sampler,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+            )
+        self.steps_per_epoch = len(self.loader)  # type: ignore[arg-type]
+        if self.steps_per_epoch == 0:
+            raise RobustarchError("the training set is empty")
+
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, recipe.lr_factor(self.steps_per_epoch)
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+        amp_on = amp in ("fp16", "bf16") or (amp == "auto" and self.device.type == "cuda")
+        if amp_on and self.device.type != "cuda":
+            raise RobustarchError("mixed precision is only used on CUDA devices; use --amp off on CPU")
+        self.amp_dtype = (torch.bfloat16 if amp == "bf16" else torch.float16) if amp_on else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        # augmentation draws come from their own generator, identical on every process (see augment.py)
+        self.aug_gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, float]] = []
+
+    # ---- checkpoint
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    def _rng_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state(), "aug": self.aug_gen.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = self._rng_state()
+        if self.dist.world > 1:
+            every: list[Any] = [None] * self.dist.world
+            dist.all_gather_object(every, {k: v.cpu() for k, v in rng.items()})
+        else:
+            every = [rng]
+        return {
+            "format": FORMAT_VERSION,
+            "run_key": self.run_key,
+            "epoch": self.epoch,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": every,
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> None:
+        state = self.state_dict()  # every rank takes part in the RNG gather
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Restore the state saved after an epoch; False when there is none. The run must be the same."""
+        path = Path(path) if path else self.checkpoint_path
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != FORMAT_VERSION:
+            raise RobustarchError(
+                f"{path} is not a robustarch training checkpoint (format {state.get('format')!r})"
+            )
+        if state["run_key"] != self.run_key:
+            diff = sorted(
+                k
+                for k in set(state["run_key"]) | set(self.run_key)
+                if state["run_key"].get(k) != self.run_key.get(k)
+            )
+            raise RobustarchError(
+                f"{path} belongs to a different run (differs in: {', '.join(diff)}); "
+                "choose another --out directory or delete it to start over"
+            )
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"][self.dist.rank]
+        torch.set_rng_state(rng["torch"])
+        self.aug_gen.set_state(rng["aug"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        log.info("resumed from %s after epoch %d", path, self.epoch)
+        return True
+
+    # ---- training
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step on a batch of this process; returns (loss, correct)."""
+        r = self.recipe
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        y = torch.as_tensor(y).to(self.device, non_blocking=True)
+        x = augment_batch(
+            x, r.augment, self.aug_gen, fill=self.fill, rank=self.dist.rank, world=self.dist.world
+        )
+        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with ctx:
+            logits, aux = _split_output(self.model(x))
+            loss = self.criterion(logits, y)
+            if r.aux_weight and aux is not None:
+                loss = loss + r.aux_weight * self.criterion(aux, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if r.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+
+    def train_epoch(self) -> dict[str, float]:
+        r, e = self.recipe, self.epoch
+        self.sampler.set_epoch(e)
+        _set_drop_path(self.net, r.drop_path * e / r.epochs)
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = seen = 0
+        batches: Iterable = self.loader
+        bar = None
+        if self.progress and self.dist.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(self.loader, desc=f"epoch {e + 1}/{r.epochs}", leave=False, unit="batch")
+            batches = bar
+        for x, y in batches:
+            loss, c = self.train_step(x, y)
+            n = len(y)
+            loss_sum += loss * n
+            correct += c
+            seen += n
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if bar is not None:
+            bar.close()
+        totals = torch.tensor([loss_sum.item(), correct, seen], dtype=torch.float64)
+        if self.dist.world > 1:
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        self.epoch += 1
+        record = {
+            "epoch": self.epoch,
+            "lr": lr,
+            "train_loss": totals[0].item() / totals[2].item(),
+            "train_acc": totals[1].item() / totals[2].item(),
+            "seconds": time.perf_counter() - t0,
+        }
+        self.history.append(record)
+        if self.dist.main:
+            log.info(
+                "epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  (%.1f s)",
+                self.epoch,
+                r.epochs,
+                lr,
+                record["train_loss"],
+                record["train_acc"],
+                record["seconds"],
+            )
+        self.save_checkpoint()
+        return record
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train the remaining epochs (all of them, or those after the checkpoint it resumed from)."""
+        while self.epoch < self.recipe.epochs:
+            self.train_epoch()
+        return self.history
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+def resolve_recipe(config: TrainConfig, method: str, family: str, dataset_family: str) -> Recipe:
+    base = get_recipe(config.recipe) if config.recipe else default_recipe(method, family, dataset_family)
+    if base.dataset_family != dataset_family:
+        log.warning(
+            "recipe %s was published for %s-style data; dataset %s is %s-style",
+            base.name,
+            base.dataset_family,
+            config.dataset,
+            dataset_family,
+        )
+    recipe = base.with_overrides(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
+    if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0:
+        raise RobustarchError("epochs and batch size must be >= 1 and the learning rate > 0")
+    return recipe
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset``; see the module docstring."""
+    from robustarch import data, zoo  # imported here: the zoo imports every architecture file
+
+    t0 = time.perf_counter()
+    d, device = _init_distributed(config.device)
+    spec = zoo.get_spec(config.model, config.dataset)
+    recipe = resolve_recipe(config, spec.method, spec.family, zoo.dataset_shape(config.dataset).family)
+
+    train_set, _ = data.load(config.dataset, config.data_root, split="train", limit=config.train_limit)
+    test_set, _ = data.load(config.dataset, config.data_root, split="test", limit=config.test_limit)
+
+    arch = dict(config.arch)
+    defaults = zoo.build_kwargs(config.model, config.dataset, **arch)
+    if recipe.aux_weight and "auxiliary" in defaults and not defaults["auxiliary"]:
+        arch["auxiliary"] = True  # the recipe trains with the auxiliary head (it loads back with it)
+    torch.manual_seed(config.seed)
+    # zoo.load without weights: the freshly initialised network inside the very normalization (and padding)
+    # wrapper the zoo puts around it when it loads the trained weights back
+    model = zoo.load(config.model, config.dataset, **arch).train()
+    net = zoo.unwrap(model)
+    out = Path(config.out)
+    data_hash = dataset_hash(train_set)
+    run_key = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "arch": {k: arch[k] for k in sorted(arch)},
+        "train_limit": config.train_limit,
+        "data_hash": data_hash,
+    }
+    trainer = Trainer(
+        model,
+        train_set,
+        recipe,
+        out=out,
+        seed=config.seed,
+        device=device,
+        amp=config.amp,
+        workers=config.workers,
+        progress=config.progress,
+        run_key=run_key,
+        dist_info=d,
+    )
+    if d.main:
+        log.info(
+            "training %s on %s with recipe %s: %d epochs, global batch %d, %d processes, device %s%s",
+            config.model,
+            config.dataset,
+            recipe.name,
+            recipe.epochs,
+            recipe.batch_size,
+            d.world,
+            device,
+            f", {trainer.amp_dtype} autocast" if trainer.amp_dtype else "",
+        )
+    trainer.load_checkpoint()
+    history = trainer.fit()
+
+    correct = total = 0
+    path = out / RESULT_NAME
+    if d.main:
+        loader = DataLoader(
+            test_set, batch_size=config.eval_batch_size, shuffle=False, num_workers=config.workers
+        )
+        correct, total = evaluate_clean(model, loader, device, trainer.amp_dtype)
+        accuracy = correct / max(1, total)
+        log.info("clean accuracy on %d %s test examples: %.4f", total, config.dataset, accuracy)
+        meta = {
+            "recipe": recipe.name,
+            "recipe_params": recipe.to_dict(),
+            "epochs": recipe.epochs,
+            "clean_accuracy": accuracy,
+            "n_test": total,
+            "test_limit": config.test_limit,
+            "train_limit": config.train_limit,
+            "n_train": len(train_set),  # type: ignore[arg-type]
+            "data_hash": data_hash,
+            "dataset": config.dataset,
+            "model": config.model,
+            "overrides": run_key["arch"],  # zoo.load rebuilds the network with these
+            "seed": config.seed,
+            "world_size": d.world,
+            "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "off",
+            "torch": torch.__version__,
+            "mean": model.mean.flatten().tolist(),
+            "std": model.std.flatten().tolist(),
+        }
+        zoo.save_checkpoint(net, path, metadata=meta)
+        summary = {**meta, "weights": str(path), "history": history, "wall_s": time.perf_counter() - t0}
+        (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if d.world > 1:
+        acc_t = torch.tensor([correct, total], dtype=torch.float64, device=device)
+        dist.broadcast(acc_t, 0)
+        correct, total = int(acc_t[0]), int(acc_t[1])
+    return TrainResult(
+        path=path,
+        clean_accuracy=correct / max(1, total),
+        n_test=total,
+        epochs=recipe.epochs,
+        recipe=recipe.name,
+        data_hash=data_hash,
+        history=history,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def config_as_dict(config: TrainConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
