@@ -1,0 +1,194 @@
+"""Datasets in their standard on-disk formats, with the study's preprocessing, and a tensor cache.
+
+``load(dataset, root, split="test", limit=None, subset=None)`` returns ``(dataset, spec)``: a torch Dataset of
+``(image, label)`` (float C x H x W in [0, 1], int) with ``example_ids`` and ``uint8()``, and a
+:class:`DatasetSpec`. See docs/data.md for the accepted layouts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from robustarch.data import cache as cache
+from robustarch.data._dataset import ImageDataset
+from robustarch.data._images import Preprocess
+from robustarch.data._spec import DATASET_INFO, DatasetInfo, DatasetSpec, dataset_info, list_datasets
+from robustarch.data.errors import (
+    CacheError,
+    ChecksumError,
+    ClassCountError,
+    CorruptFileError,
+    DataError,
+    DataLayoutError,
+)
+from robustarch.data.subsets import SubsetArg, select
+
+__all__ = [
+    "DATASET_INFO",
+    "CacheError",
+    "ChecksumError",
+    "ClassCountError",
+    "CorruptFileError",
+    "DataError",
+    "DataLayoutError",
+    "DatasetInfo",
+    "DatasetSpec",
+    "ImageDataset",
+    "dataset_info",
+    "list_datasets",
+    "load",
+    "load_split",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _image_size(image_size: int | Sequence[int] | None) -> tuple[int, int, int]:
+    if image_size is None:
+        raise DataError("imagefolder needs image_size=S or (C, H, W) (the size the model takes)")
+    if isinstance(image_size, int):
+        return (3, image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) == 2:
+        return (3, *size)
+    if len(size) != 3:
+        raise DataError(f"image_size must be S, (H, W) or (C, H, W), not {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def load_split(
+    dataset: str,
+    root: str | Path | None = None,
+    split: str = "test",
+    *,
+    download: bool = False,
+    verify: bool = True,
+    md5: dict[str, str] | None = None,
+    ground_truth: str | Path | None = None,
+    image_size: int | Sequence[int] | None = None,
+    resize: int | None = None,
+    label: str | None = None,
+    allow_partial: bool = False,
+) -> tuple[ImageDataset, DatasetSpec, str]:
+    """The whole split (no subset, no cache), its spec and a fingerprint of the files read.
+
+    Checks the class count and the examples per class against the published split; ``allow_partial=True``
+    turns a per-class count mismatch into a logged warning (e.g. for a copy holding only a subset).
+    """
+    from robustarch.data import cifar, folders, mnist
+
+    info = dataset_info(dataset)
+    split = info.canonical_split(split)
+    root_str = root if root is not None else info.default_root
+    if root_str is None:
+        raise DataLayoutError(f"{dataset} needs a root folder (root=... / --root PATH)")
+    root_path = Path(root_str).expanduser()
+    if not root_path.exists() and not (download and dataset in cifar.RELEASES):
+        raise DataLayoutError(f"{root_path} does not exist")
+    num_classes, image_size_out, class_names = info.num_classes, info.image_size, info.class_names
+    preprocessing, report_label = "uint8-as-released", label or info.label
+    if dataset in cifar.RELEASES:
+        ds, names, fingerprint = cifar.load_cifar(
+            dataset, root_path, split, verify=verify, md5=md5, download_missing=download
+        )
+        if len(names) != num_classes:
+            raise ClassCountError(f"{dataset} meta file names {len(names)} classes, expected {num_classes}")
+        class_names = names
+    elif dataset == "fashion-mnist":
+        ds, fingerprint = mnist.load_fashion_mnist(root_path, split)
+    elif dataset == "cifar10-jpeg":
+        ds, fingerprint = folders.load_cifar10_jpeg(root_path, split)
+        preprocessing = ds._source.preprocess.cache_id
+    elif dataset == "imagenet":
+        gt = Path(ground_truth).expanduser() if ground_truth is not None else None
+        ds, _wnids, class_names, fingerprint = folders.load_imagenet(root_path, split, ground_truth=gt)
+        preprocessing = ds._source.preprocess.cache_id
+    else:  # imagefolder
+        size = _image_size(image_size)
+        pre = Preprocess(size[0], size[1], size[2], resize=resize, crop=resize is not None)
+        ds, class_names, fingerprint = folders.load_imagefolder(root_path, split, pre)
+        num_classes, image_size_out, preprocessing = len(class_names), size, pre.cache_id
+        report_label = label or f"image folder {root_path.resolve().name}"
+    if dataset != "imagefolder" and (ground_truth is not None and dataset != "imagenet"):
+        raise DataError("ground_truth applies to imagenet only")
+    _check_counts(dataset, split, ds, num_classes, info.per_class.get(split), allow_partial)
+    spec = DatasetSpec(
+        name=dataset,
+        label=report_label,
+        num_classes=num_classes,
+        class_names=tuple(class_names),
+        image_size=tuple(image_size_out),
+        mean=info.mean,
+        std=info.std,
+        split=split,
+        n=len(ds),
+        subset="all",
+        preprocessing=preprocessing.split("@")[0],
+        root=str(root_path),
+    )
+    return ds, spec, f"{fingerprint}|{preprocessing}"
+
+
+def _check_counts(
+    dataset: str, split: str, ds: ImageDataset, num_classes: int, per_class: int | None, allow_partial: bool
+) -> None:
+    counts = ds.class_counts(num_classes)
+    if len(counts) != num_classes:
+        raise ClassCountError(f"{dataset} {split}: labels reach {len(counts) - 1}, expected < {num_classes}")
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if per_class is None:
+        if empty:
+            raise ClassCountError(f"{dataset} {split}: classes {empty[:5]} have no examples")
+        return
+    wrong = {c: n for c, n in enumerate(counts) if n != per_class}
+    if wrong:
+        msg = (
+            f"{dataset} {split} should hold {per_class} examples of each of its {num_classes} classes "
+            f"({per_class * num_classes} in all); found {len(ds)}, e.g. class {next(iter(wrong))} has "
+            f"{next(iter(wrong.values()))} ({len(wrong)} classes differ)"
+        )
+        if not allow_partial:
+            raise ClassCountError(msg + "; pass allow_partial=True (--allow-partial) for a partial copy")
+        log.warning("%s (allowed: allow_partial)", msg)
+
+
+def load(
+    dataset: str,
+    root: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    subset: SubsetArg = None,
+    *,
+    cache: bool | str | Path | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    **options,
+) -> tuple[ImageDataset, DatasetSpec]:
+    """Load a dataset split as ``(torch Dataset, DatasetSpec)``.
+
+    ``dataset``: one of :func:`list_datasets` (cifar10, cifar100, cifar10-jpeg, fashion-mnist, imagenet,
+    imagefolder). ``root``: where the files are (fashion-mnist defaults to Debian's folder). ``split``:
+    "test" or "train" ("test" means val for ImageNet). ``subset``: see :mod:`robustarch.data.subsets`;
+    ``limit``: keep the first ``limit`` examples after the subset. ``cache``: True (default folder) or a
+    folder
+    to serve decoded uint8 tensors from the memory-mapped cache, building it once. ``options``: download,
+    verify, md5 (CIFAR), ground_truth (ImageNet flat layout), image_size / resize / label (imagefolder),
+    allow_partial.
+    """
+    ds, spec, fingerprint = load_split(dataset, root, split, **options)
+    ds, description = select(ds, subset, spec.num_classes)
+    if limit is not None:
+        if limit <= 0:
+            raise DataError(f"limit must be positive, not {limit}")
+        if limit < len(ds):
+            ds = ds.select(range(limit))
+            description = f"first:{limit}" if description == "all" else f"{description}+first:{limit}"
+    if cache:
+        fields = {"dataset": dataset, "split": spec.split, "files": fingerprint, "subset": description}
+        ds = globals()["cache"].cached(
+            ds, fields, None if cache is True else cache, threads=threads, progress=progress
+        )
+    spec = DatasetSpec(**{**spec.__dict__, "n": len(ds), "subset": description})
+    return ds, spec
