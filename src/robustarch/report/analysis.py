@@ -1,0 +1,157 @@
+"""Quantities the paper derives from its tables: DNHA (Figure 1) and robustness against parameter count
+within a family (Figure 3), with the uncertainty the paper does not give."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from robustarch.report.paper import PAPER_COUNTERPART, matches_paper_setting
+from robustarch.report.tables import CLEAN, WORST, Row, Table
+
+
+@dataclass(frozen=True)
+class DNHA:
+    """Difference between the best NAS and the best handcrafted accuracy (the paper's Figure 1:
+    DNHA = max(NAS) - max(Handcrafted)) for one dataset, attack setting and metric, as fractions.
+
+    ``ci`` is Newcombe's hybrid score interval for a difference of two proportions built from the two
+    models' 95% Wilson intervals (Newcombe 1998, method 10); it treats the two accuracies as independent,
+    which is conservative when both models saw the same examples. ``exceeds`` says whether the interval
+    excludes 0, i.e. whether the NAS-vs-handcrafted difference is larger than its uncertainty.
+    """
+
+    table_id: str
+    dataset: str
+    dataset_label: str
+    column: str
+    label: str
+    attack: str
+    metric: str
+    nas_model: str
+    nas_value: float
+    nas_ci: tuple[float, float] | None
+    hand_model: str
+    hand_value: float
+    hand_ci: tuple[float, float] | None
+    ci: tuple[float, float] | None
+    exceeds: bool | None
+    paper: float | None = None  # the same quantity from the paper's tables, where the setting matches
+
+    @property
+    def value(self) -> float:
+        return self.nas_value - self.hand_value
+
+
+def newcombe_interval(
+    p1: float, ci1: tuple[float, float], p2: float, ci2: tuple[float, float]
+) -> tuple[float, float]:
+    """95% interval of p1 - p2 from the two proportions' Wilson intervals (Newcombe 1998, method 10)."""
+    (l1, u1), (l2, u2) = ci1, ci2
+    d = p1 - p2
+    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+def _best(rows: Sequence[Row], column: str, metric: str) -> Row | None:
+    have = [r for r in rows if column in r.cells and metric in r.cells[column].values]
+    # ties go to the first row in table order, so the choice is deterministic
+    return max(have, key=lambda r: r.cells[column].values[metric], default=None)
+
+
+def dnha(table: Table, with_paper: bool = True) -> list[DNHA]:
+    """DNHA for every column (clean, each attack, worst case) and metric of a main table."""
+    out = []
+    nas = [r for r in table.rows if r.family == "nas"]
+    hand = [r for r in table.rows if r.family == "handcrafted"]
+    for col in table.columns:
+        for metric in table.metrics:
+            best_nas, best_hand = _best(nas, col.key, metric), _best(hand, col.key, metric)
+            if best_nas is None or best_hand is None:
+                continue
+            cn, ch = best_nas.cells[col.key], best_hand.cells[col.key]
+            pn, ph = cn.values[metric], ch.values[metric]
+            ci = exceeds = None
+            if metric in cn.ci and metric in ch.ci:
+                ci = newcombe_interval(pn, cn.ci[metric], ph, ch.ci[metric])
+                exceeds = ci[0] > 0 or ci[1] < 0
+            paper = None
+            if (
+                with_paper
+                and not table.published
+                and table.kind == "main"
+                and col.key != WORST
+                and table.adv_metric == "perturbed"
+                and (col.attack == CLEAN or matches_paper_setting(col.attack, col.params))
+            ):
+                paper = paper_dnha().get((PAPER_COUNTERPART.get(table.dataset, ""), col.attack, metric))
+            out.append(
+                DNHA(
+                    table.id,
+                    table.dataset,
+                    table.dataset_label,
+                    col.key,
+                    col.label,
+                    col.attack,
+                    metric,
+                    best_nas.label,
+                    pn,
+                    cn.ci.get(metric),
+                    best_hand.label,
+                    ph,
+                    ch.ci.get(metric),
+                    ci,
+                    exceeds,
+                    paper,
+                )
+            )
+    return out
+
+
+@cache
+def paper_dnha() -> dict[tuple[str, str, str], float]:
+    """DNHA computed from the paper's Tables 1-3, keyed by (dataset, attack, metric)."""
+    from robustarch.report.tables import paper_tables
+
+    out = {}
+    for table in paper_tables():
+        if table.kind != "main":
+            continue
+        for d in dnha(table, with_paper=False):
+            if d.column != WORST:
+                out[(table.dataset, d.attack, d.metric)] = d.value
+    return out
+
+
+def dataset_scale_key(dataset: str) -> tuple[int, int, str]:
+    """Order of datasets along Figure 1's "dataset scale" axis: number of classes, then input size."""
+    from robustarch.zoo._registry import DATASETS
+
+    shape = DATASETS.get(dataset)
+    if shape is None:
+        return (10**9, 10**9, dataset)
+    return (shape.num_classes, shape.in_channels * shape.input_size**2, dataset)
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks starting at 1, ties sharing their average rank (as Spearman's rho needs)."""
+    arr = np.asarray(values, dtype=float)
+    order = np.argsort(arr, kind="stable")
+    ranks = np.empty(len(arr))
+    ranks[order] = np.arange(1, len(arr) + 1)
+    for v in np.unique(arr):
+        tied = arr == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def correlations(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
+    """Pearson's r and Spearman's rho of y against x (None with fewer than 3 points or no spread)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None, None
+    pearson = float(np.corrcoef(np.asarray(x, float), np.asarray(y, float))[0, 1])
+    spearman = float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+    return pearson, spearman

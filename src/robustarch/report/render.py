@@ -1,0 +1,595 @@
+"""Writers: Markdown, LaTeX (booktabs), CSV and one self-contained HTML page.
+
+Every number written here is read from a :class:`~robustarch.report.tables.Table` (built from the store)
+or from the paper's shipped values; nothing is computed for display that the CSV does not also carry.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from robustarch.report.analysis import DNHA
+from robustarch.report.paper import PAPER_COUNTERPART
+from robustarch.report.tables import Cell, Row, Table
+from robustarch.store import RunResult, canonical_json
+
+METRIC_LABEL = {"top1": "top-1", "top5": "top-5"}
+FLAG_MARK = {"ok": "", "warn": " ⚠", "fail": " ✗"}
+FLAG_MARK_TEX = {"ok": "", "warn": r"$^\dagger$", "fail": r"$^\ddagger$"}
+PAPER_NAME = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{100 * x:.{digits}f}"
+
+
+def signed(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:+.2f}"
+
+
+def _params(row: Row) -> str:
+    if row.params_printed:
+        return row.params_printed
+    return "" if row.params_m is None else f"{row.params_m:.2f}"
+
+
+def _has_paper(table: Table, key: str, metric: str) -> bool:
+    return not table.published and any(metric in r.cells.get(key, Cell({})).paper for r in table.rows)
+
+
+def paper_header(table: Table) -> str:
+    counterpart = PAPER_COUNTERPART.get(table.dataset, table.dataset)
+    if counterpart != table.dataset:
+        return f"paper {PAPER_NAME.get(counterpart, counterpart)} (Δ)"
+    return "paper (Δ)"
+
+
+def value_text(cell: Cell | None, metric: str, with_ci: bool = True) -> str:
+    if cell is None or metric not in cell.values:
+        return "–"
+    text = pct(cell.values[metric])
+    if with_ci and metric in cell.ci:
+        lo, hi = cell.ci[metric]
+        text += f" [{pct(lo)}, {pct(hi)}]"
+    if cell.source.startswith("minimum"):
+        text += " (min)"
+    return text + FLAG_MARK[cell.worst_status]
+
+
+def paper_text(cell: Cell | None, metric: str) -> str:
+    if cell is None or metric not in cell.paper:
+        return "–"
+    return f"{cell.paper[metric].printed} ({signed(cell.diff(metric))})"
+
+
+def table_grid(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a table as display strings (shared by Markdown, LaTeX and HTML)."""
+    multi = len(table.metrics) > 1
+    header = ["Model", "Family", "Params (M)"]
+    spec: list[tuple[str, str, str]] = []  # (column key, metric, "value"|"paper")
+    for col in table.columns:
+        for m in table.metrics:
+            name = col.label + (f" {METRIC_LABEL[m]}" if multi else "")
+            header.append(name)
+            spec.append((col.key, m, "value"))
+            if _has_paper(table, col.key, m):
+                header.append(f"{name} {paper_header(table)}")
+                spec.append((col.key, m, "paper"))
+    body = []
+    for row in table.rows:
+        line = [row.label, row.family, _params(row)]
+        for key, m, what in spec:
+            cell = row.cells.get(key)
+            if what == "value":
+                line.append(value_text(cell, m, with_ci=not table.published))
+            else:
+                line.append(paper_text(cell, m))
+        body.append(line)
+    return header, body
+
+
+# -- Markdown ---------------------------------------------------------------------------------------------
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def dnha_grid(rows: Sequence[DNHA]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "Dataset",
+        "Attack",
+        "Metric",
+        "Best NAS",
+        "NAS %",
+        "Best handcrafted",
+        "Handcrafted %",
+        "DNHA (pp)",
+        "95% CI (pp)",
+        "Exceeds uncertainty",
+        "Paper DNHA (pp)",
+    ]
+    body = []
+    for d in rows:
+        body.append(
+            [
+                d.dataset_label,
+                d.label,
+                METRIC_LABEL[d.metric],
+                d.nas_model,
+                pct(d.nas_value),
+                d.hand_model,
+                pct(d.hand_value),
+                signed(d.value),
+                "" if d.ci is None else f"[{signed(d.ci[0])}, {signed(d.ci[1])}]",
+                {True: "yes", False: "no", None: "n/a"}[d.exceeds],
+                signed(d.paper),
+            ]
+        )
+    return header, body
+
+
+def provenance_grid(runs: Sequence[RunResult]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "Run",
+        "Dataset",
+        "Subset",
+        "Model",
+        "Weights",
+        "Attack",
+        "Parameters",
+        "Profile",
+        "Metric",
+        "Seed",
+        "dtype",
+        "Device",
+        "n",
+        "Complete",
+        "L-inf max",
+        "Versions",
+        "Code",
+        "Flags",
+    ]
+    body = []
+    for r in runs:
+        versions = r.meta.get("versions") or r.meta.get("library_versions") or {}
+        body.append(
+            [
+                r.run_id,
+                r.dataset_label,
+                r.subset,
+                r.model,
+                r.weights_hash[:12],
+                r.attack,
+                canonical_json(r.attack_params),
+                r.profile,
+                r.adv_metric,
+                str(r.seed),
+                r.dtype,
+                r.device,
+                f"{r.n}/{r.n_planned}",
+                "yes" if r.complete else "no",
+                f"{r.linf_max:.6g}",
+                canonical_json(versions) if isinstance(versions, dict) else str(versions),
+                str(r.meta.get("code_revision", r.meta.get("git", ""))),
+                "; ".join(f"{f.check}={f.status}" for f in r.flags),
+            ]
+        )
+    return header, body
+
+
+def flags_grid(runs: Sequence[RunResult]) -> tuple[list[str], list[list[str]]]:
+    header = ["Run", "Dataset", "Model", "Attack", "Check", "Status", "Value", "Detail"]
+    body = []
+    for r in runs:
+        for f in r.flags:
+            body.append(
+                [
+                    r.run_id,
+                    r.dataset_label,
+                    r.model,
+                    r.attack,
+                    f.check,
+                    f.status,
+                    "" if f.value is None else f"{f.value:.6g}",
+                    f.detail,
+                ]
+            )
+    return header, body
+
+
+def write_markdown(
+    path: Path,
+    title: str,
+    intro: list[str],
+    tables: Sequence[Table],
+    dnha_rows: Sequence[DNHA],
+    figures: Sequence[dict[str, Any]],
+    runs: Sequence[RunResult],
+    figure_dir: str,
+) -> None:
+    out = [f"# {title}", "", *intro, ""]
+    out.append(
+        "Cells: accuracy % [95% Wilson interval]; ⚠ = a reliability check warned, ✗ = one failed "
+        "(see Flags); (min) = minimum over attacks where per-example outcomes do not align; "
+        "paper (Δ) = the paper's printed value and measured minus paper in percentage points."
+    )
+    out.append("")
+    for t in tables:
+        out += [f"## {t.title}", ""]
+        if t.paper_ref:
+            out += [f"Layout of the paper's {t.paper_ref}.", ""]
+        out += [f"- {n}" for n in t.notes] + ([""] if t.notes else [])
+        out += [md_table(*table_grid(t)), ""]
+    if dnha_rows:
+        out += [
+            "## DNHA: best NAS minus best handcrafted accuracy (Figure 1)",
+            "",
+            md_table(*dnha_grid(dnha_rows)),
+            "",
+        ]
+    if figures:
+        out += ["## Figures", ""]
+        for spec in figures:
+            out += [
+                f"### {spec['title']}",
+                "",
+                f"![{spec['id']}]({figure_dir}/{spec['id']}.png)",
+                "",
+                f"Data: `{figure_dir}/{spec['id']}.json`; vector: `{figure_dir}/{spec['id']}.svg`.",
+                "",
+            ]
+    if runs:
+        fh, fb = flags_grid(runs)
+        out += ["## Flags (reliability checks)", "", md_table(fh, fb) if fb else "No checks stored.", ""]
+        out += ["## Provenance", "", md_table(*provenance_grid(runs)), ""]
+    path.write_text("\n".join(out), encoding="utf-8")
+
+
+# -- LaTeX ------------------------------------------------------------------------------------------------
+_TEX = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "\\": r"\textbackslash{}",
+    "Δ": r"$\Delta$",
+    "⚠": r"$^\dagger$",
+    "✗": r"$^\ddagger$",
+    "–": "--",
+}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def tex_table(table: Table) -> str:
+    header, body = table_grid(table)
+    spec = "ll" + "r" * (len(header) - 2)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\scriptsize",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in body]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{tex_escape(table.title)}}}",
+        rf"\label{{tab:{table.id}}}",
+        r"\end{table}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_latex(path: Path, tables: Sequence[Table], dnha_rows: Sequence[DNHA]) -> None:
+    parts = ["% generated by robustarch report; needs \\usepackage{booktabs}", ""]
+    parts += [tex_table(t) for t in tables]
+    if dnha_rows:
+        header, body = dnha_grid(dnha_rows)
+        parts += [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\scriptsize",
+            rf"\begin{{tabular}}{{lll{'r' * (len(header) - 3)}}}",
+            r"\toprule",
+            " & ".join(tex_escape(h) for h in header) + r" \\",
+            r"\midrule",
+        ]
+        parts += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in body]
+        parts += [
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\caption{DNHA = max(NAS) $-$ max(handcrafted)}",
+            r"\end{table}",
+            "",
+        ]
+    path.write_text("\n".join(parts), encoding="utf-8")
+
+
+# -- CSV --------------------------------------------------------------------------------------------------
+CELL_FIELDS = [
+    "table",
+    "dataset",
+    "dataset_label",
+    "profile",
+    "adv_metric",
+    "row",
+    "model",
+    "family",
+    "method",
+    "params_m",
+    "column",
+    "attack",
+    "attack_params",
+    "metric",
+    "value_pct",
+    "ci_lo_pct",
+    "ci_hi_pct",
+    "count",
+    "n",
+    "paper_dataset",
+    "paper_printed",
+    "diff_pp",
+    "paper_in_ci",
+    "source",
+    "run_ids",
+    "flags",
+]
+
+
+def cell_records(tables: Sequence[Table]) -> list[dict[str, Any]]:
+    """Every table cell in long form: one record per (table, row, column, metric)."""
+    out = []
+    for t in tables:
+        for row in t.rows:
+            for col in t.columns:
+                cell = row.cells.get(col.key)
+                if cell is None:
+                    continue
+                for m in t.metrics:
+                    if m not in cell.values:
+                        continue
+                    ci = cell.ci.get(m)
+                    paper = cell.paper.get(m)
+                    out.append(
+                        {
+                            "table": t.id,
+                            "dataset": t.dataset,
+                            "dataset_label": t.dataset_label,
+                            "profile": t.profile,
+                            "adv_metric": t.adv_metric,
+                            "row": row.key,
+                            "model": row.model,
+                            "family": row.family,
+                            "method": row.method,
+                            "params_m": _params(row),
+                            "column": col.key,
+                            "attack": col.attack,
+                            "attack_params": canonical_json(col.params),
+                            "metric": m,
+                            "value_pct": f"{100 * cell.values[m]:.6f}",
+                            "ci_lo_pct": "" if ci is None else f"{100 * ci[0]:.6f}",
+                            "ci_hi_pct": "" if ci is None else f"{100 * ci[1]:.6f}",
+                            "count": cell.counts.get(m, ""),
+                            "n": "" if cell.n is None else cell.n,
+                            "paper_dataset": "" if paper is None else paper.dataset,
+                            "paper_printed": "" if paper is None else paper.printed,
+                            "diff_pp": ""
+                            if t.published or cell.diff(m) is None
+                            else f"{100 * cell.diff(m):.6f}",
+                            "paper_in_ci": {True: "yes", False: "no", None: ""}[cell.paper_in_ci(m)],
+                            "source": cell.source,
+                            "run_ids": " ".join(cell.run_ids),
+                            "flags": "; ".join(f"{f.run_id}:{f.check}={f.status}" for f in cell.flags),
+                        }
+                    )
+    return out
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        rows = list(rows)
+        if rows and isinstance(rows[0], dict):
+            writer = csv.DictWriter(fh, fieldnames=list(header))
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def dnha_records(rows: Sequence[DNHA]) -> list[dict[str, Any]]:
+    return [
+        {
+            "table": d.table_id,
+            "dataset": d.dataset,
+            "dataset_label": d.dataset_label,
+            "column": d.column,
+            "attack": d.attack,
+            "metric": d.metric,
+            "nas_model": d.nas_model,
+            "nas_pct": f"{100 * d.nas_value:.6f}",
+            "hand_model": d.hand_model,
+            "hand_pct": f"{100 * d.hand_value:.6f}",
+            "dnha_pp": f"{100 * d.value:.6f}",
+            "ci_lo_pp": "" if d.ci is None else f"{100 * d.ci[0]:.6f}",
+            "ci_hi_pp": "" if d.ci is None else f"{100 * d.ci[1]:.6f}",
+            "exceeds_uncertainty": {True: "yes", False: "no", None: ""}[d.exceeds],
+            "paper_dnha_pp": "" if d.paper is None else f"{100 * d.paper:.6f}",
+        }
+        for d in rows
+    ]
+
+
+# -- HTML -------------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:12px}
+th,td{border-bottom:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+th{border-bottom:2px solid #333}
+td:first-child,th:first-child,td:nth-child(2){text-align:left}
+td.warn{background:#fff4d6}td.fail{background:#fde0e0}
+figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:13px}
+.scroll{overflow-x:auto}
+"""
+
+# Marks the document once every figure has loaded with a non-zero size, so a headless browser (and the
+# tests) can tell that all figures displayed.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.querySelectorAll('figure img'));
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0; });
+  document.body.setAttribute('data-figures-total', String(imgs.length));
+  document.body.setAttribute('data-figures-ok', String(ok.length));
+  document.body.setAttribute('data-report-ready', ok.length === imgs.length ? 'yes' : 'no');
+});
+"""
+
+
+def _html_table(
+    header: Sequence[str],
+    body: Sequence[Sequence[str]],
+    classes: Sequence[Sequence[str]] | None = None,
+    titles: Sequence[Sequence[str]] | None = None,
+) -> str:
+    out = ['<div class="scroll"><table><thead><tr>']
+    out += [f"<th>{html.escape(h)}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    for i, row in enumerate(body):
+        out.append("<tr>")
+        for j, c in enumerate(row):
+            cls = classes[i][j] if classes else ""
+            title = titles[i][j] if titles else ""
+            attrs = (f' class="{cls}"' if cls else "") + (f' title="{html.escape(title)}"' if title else "")
+            out.append(f"<td{attrs}>{html.escape(c)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _cell_meta(table: Table, runs_by_id: dict[str, RunResult]) -> tuple[list[list[str]], list[list[str]]]:
+    """Per body cell: a CSS class for its flag status and a tooltip with its provenance."""
+    multi_paper = []
+    for col in table.columns:
+        for m in table.metrics:
+            multi_paper.append((col.key, m, "value"))
+            if _has_paper(table, col.key, m):
+                multi_paper.append((col.key, m, "paper"))
+    classes, titles = [], []
+    for row in table.rows:
+        cls_row, title_row = ["", "", ""], ["", "", ""]
+        for key, _m, what in multi_paper:
+            cell = row.cells.get(key)
+            if cell is None or what == "paper":
+                cls_row.append("")
+                title_row.append("")
+                continue
+            cls_row.append(cell.worst_status if cell.worst_status != "ok" else "")
+            parts = [cell.source]
+            for rid in cell.run_ids:
+                r = runs_by_id.get(rid)
+                if r is not None:
+                    parts.append(
+                        f"run {rid}: {r.attack} {canonical_json(r.attack_params)}, profile {r.profile}, "
+                        f"seed {r.seed}, {r.dtype} on {r.device}, n={r.n}, weights {r.weights_hash[:12]}"
+                    )
+            parts += [f"{f.check}: {f.status} {f.detail}" for f in cell.flags if f.status != "ok"]
+            title_row.append("\n".join(parts))
+        classes.append(cls_row)
+        titles.append(title_row)
+    return classes, titles
+
+
+def write_html(
+    path: Path,
+    title: str,
+    intro: list[str],
+    tables: Sequence[Table],
+    dnha_rows: Sequence[DNHA],
+    figures: Sequence[tuple[dict[str, Any], dict[str, Path]]],
+    runs: Sequence[RunResult],
+) -> None:
+    """One self-contained page: styles and the readiness script inline, figures as data: URIs, and a
+    Content-Security-Policy that forbids loading anything from elsewhere."""
+    runs_by_id = {r.run_id: r for r in runs}
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    out += [f'<p class="note">{html.escape(p)}</p>' for p in intro]
+    out.append(
+        '<p class="note">Cells: accuracy % [95% Wilson interval]. Yellow/⚠ = a reliability check '
+        "warned, red/✗ = one failed. Hover a cell for its provenance.</p>"
+    )
+    out.append("<h2>Tables</h2>")
+    for t in tables:
+        out.append(f'<h3 id="{html.escape(t.id)}">{html.escape(t.title)}</h3>')
+        if t.paper_ref:
+            out.append(f'<p class="note">Layout of the paper\'s {html.escape(t.paper_ref)}.</p>')
+        out += [f'<p class="note">{html.escape(n)}</p>' for n in t.notes]
+        header, body = table_grid(t)
+        classes, titles = _cell_meta(t, runs_by_id)
+        out.append(_html_table(header, body, classes, titles))
+    if dnha_rows:
+        out.append("<h2>DNHA: best NAS minus best handcrafted accuracy (Figure 1)</h2>")
+        out.append(_html_table(*dnha_grid(dnha_rows)))
+    if figures:
+        out.append("<h2>Figures</h2>")
+        for spec, paths in figures:
+            data = base64.b64encode(paths["svg"].read_bytes()).decode("ascii")
+            out.append(
+                f'<figure id="{html.escape(spec["id"])}"><img alt="{html.escape(spec["title"])}" '
+                f'src="data:image/svg+xml;base64,{data}"><figcaption>{html.escape(spec["title"])}'
+                "</figcaption></figure>"
+            )
+    if runs:
+        fh, fb = flags_grid(runs)
+        out.append("<h2>Flags (reliability checks)</h2>")
+        out.append(_html_table(fh, fb) if fb else "<p>No checks stored.</p>")
+        out.append("<h2>Provenance</h2>")
+        out.append(_html_table(*provenance_grid(runs)))
+        metas = {r.run_id: r.meta for r in runs}
+        out.append(
+            "<details><summary>Full run metadata (JSON)</summary><pre>"
+            + html.escape(json.dumps(metas, indent=1, sort_keys=True))
+            + "</pre></details>"
+        )
+    out.append(f"<script>{_SCRIPT}</script></body></html>")
+    path.write_text("\n".join(out), encoding="utf-8")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,466 @@
+"""Report tables in the layout of the paper's Tables 1-4, built only from a results store (or, for
+``--paper-only``, only from the paper's published values).
+
+One main table per (dataset, profile, adversarial metric, input emulation): models as rows; Clean, FGSM,
+R-FGSM, StepLL, PGD and any further attack as columns (top-1, plus top-5 on ImageNet-scale datasets); a
+worst-case-over-attacks column; the paper's published value beside each measured one where the paper ran
+the same setting. One family table per architecture method with several members (the paper's Table 4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustarch.report.paper import (
+    PAPER_ATTACKS,
+    PAPER_COUNTERPART,
+    PaperValue,
+    attack_label,
+    matches_paper_setting,
+    model_info,
+    paper_data,
+    paper_params_m,
+    paper_value,
+)
+from robustarch.store import RunResult, canonical_json, wilson_interval
+
+log = logging.getLogger(__name__)
+
+METRICS = ("top1", "top5")
+WORST = "worst"  # column key of the worst case over attacks
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class FlagRef:
+    """A reliability flag of the run behind a cell."""
+
+    run_id: str
+    check: str
+    status: str
+    value: float | None
+    detail: str
+
+
+@dataclass
+class Cell:
+    """One table cell: accuracies (fractions) with their 95% Wilson intervals, the run(s) they come from
+    and the paper's published value for the same setting."""
+
+    values: dict[str, float]  # metric -> accuracy in [0, 1]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    n: int | None = None
+    run_ids: tuple[str, ...] = ()
+    source: str = ""  # how the number was obtained (clean run, per-example worst case, ...)
+    paper: dict[str, PaperValue] = field(default_factory=dict)
+    flags: tuple[FlagRef, ...] = ()
+
+    def diff(self, metric: str) -> float | None:
+        """Measured minus published, in fractions."""
+        if metric in self.values and metric in self.paper:
+            return self.values[metric] - self.paper[metric].fraction
+        return None
+
+    def paper_in_ci(self, metric: str) -> bool | None:
+        if metric in self.ci and metric in self.paper:
+            lo, hi = self.ci[metric]
+            return lo <= self.paper[metric].fraction <= hi
+        return None
+
+    @property
+    def worst_status(self) -> str:
+        statuses = {f.status for f in self.flags}
+        return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    attack: str
+    params: dict[str, Any]
+    label: str
+
+
+@dataclass
+class Row:
+    key: str
+    model: str
+    label: str
+    family: str  # handcrafted | nas
+    method: str
+    params_count: int | None
+    weights_hash: str = ""
+    cells: dict[str, Cell] = field(default_factory=dict)
+    params_printed: str | None = None  # the paper's printed parameter count (paper-only tables)
+
+    @property
+    def params_m(self) -> float | None:
+        if self.params_count is not None:
+            return self.params_count / 1e6
+        return float(self.params_printed) if self.params_printed else None
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    kind: str  # main | family | paper
+    dataset: str
+    dataset_label: str
+    profile: str
+    adv_metric: str
+    metrics: list[str]
+    columns: list[Column]
+    rows: list[Row]
+    paper_ref: str | None = None  # the paper table this one mirrors
+    notes: list[str] = field(default_factory=list)
+    emulate_normalized: bool = False
+    published: bool = False  # the paper's own numbers, not measurements
+
+    @property
+    def attack_columns(self) -> list[Column]:
+        return [c for c in self.columns if c.key not in (CLEAN, WORST)]
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def column_key(attack: str, params: dict[str, Any]) -> str:
+    return CLEAN if attack == CLEAN else f"{attack}:{canonical_json(params)}"
+
+
+def _fmt_param(value: Any) -> str:
+    if isinstance(value, float):
+        frac = value * 255
+        if value > 0 and abs(frac - round(frac)) < 1e-6 and round(frac) < 64:
+            return f"{round(frac)}/255"
+        return f"{value:g}"
+    return str(value)
+
+
+def _column_labels(columns: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Attack labels, with the distinguishing parameters added where one attack has several settings."""
+    by_attack: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for attack, params in columns:
+        by_attack[attack].append(params)
+    labels = {}
+    for attack, params in columns:
+        label = "Clean" if attack == CLEAN else attack_label(attack)
+        settings = by_attack[attack]
+        if len(settings) > 1:
+            names = sorted({k for p in settings for k in p})
+            differing = [k for k in names if len({canonical_json(p.get(k)) for p in settings}) > 1]
+            label += " (" + ", ".join(f"{k}={_fmt_param(params.get(k))}" for k in differing) + ")"
+        labels[column_key(attack, params)] = label
+    return labels
+
+
+def _order(attack: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    rank = PAPER_ATTACKS.index(attack) if attack in PAPER_ATTACKS else len(PAPER_ATTACKS)
+    eps = params.get("eps")
+    return (rank, attack, eps if isinstance(eps, int | float) else math.inf, canonical_json(params))
+
+
+def metrics_for(dataset: str) -> list[str]:
+    """Top-1 everywhere; top-5 too on ImageNet-scale datasets, as in the paper's Table 3."""
+    from robustarch.zoo._registry import DATASETS
+
+    shape = DATASETS.get(dataset)
+    return ["top1", "top5"] if (shape is not None and shape.family == "imagenet") else ["top1"]
+
+
+def _flags(run: RunResult) -> tuple[FlagRef, ...]:
+    return tuple(FlagRef(run.run_id, f.check, f.status, f.value, f.detail) for f in run.flags)
+
+
+def _cell_from_run(run: RunResult, clean: bool, source: str, paper: dict[str, PaperValue]) -> Cell:
+    prefix = "clean" if clean else "adv"
+    return Cell(
+        values={m: getattr(run, f"{prefix}_{m}") for m in METRICS},
+        ci={m: tuple(getattr(run, f"{prefix}_{m}_ci")) for m in METRICS},
+        counts={m: getattr(run, f"{prefix}_{m}_count") for m in METRICS},
+        n=run.n,
+        run_ids=(run.run_id,),
+        source=source,
+        paper=paper,
+        flags=_flags(run),
+    )
+
+
+def _pick(runs: Sequence[RunResult]) -> RunResult:
+    """Of several runs for one cell (other seeds, subsets, dtypes...), the largest, then the newest."""
+    return max(runs, key=lambda r: (r.complete, r.n, r.finished_at or "", r.created_at, r.run_id))
+
+
+def _paper_for(
+    dataset: str, model: str, attack: str, params: dict[str, Any], adv_metric: str, metrics: Iterable[str]
+) -> dict[str, PaperValue]:
+    """The published values for this cell, only where the paper ran the same setting."""
+    if attack != CLEAN and (adv_metric != "perturbed" or not matches_paper_setting(attack, params)):
+        return {}
+    out = {}
+    for m in metrics:
+        value = paper_value(dataset, model, attack, m)
+        if value is not None:
+            out[m] = value
+    return out
+
+
+def _worst_case(store: Any, row: Row, columns: Sequence[Column], metrics: Sequence[str]) -> Cell | None:
+    """Worst case over the row's attacks: per example where all runs cover the same examples (an example
+    counts as robust only if every attack left it correct), else the minimum of the attacks' accuracies."""
+    cells = [row.cells[c.key] for c in columns if c.key in row.cells]
+    if len(cells) < 2:
+        return None
+    run_ids = tuple(rid for c in cells for rid in c.run_ids)
+    flags = tuple(f for c in cells for f in c.flags)
+    outcomes = [store.examples(rid) for rid in run_ids] if store is not None else []
+    keys = [[(o.example_id, o.label) for o in outs] for outs in outcomes]
+    if outcomes and keys[0] and all(k == keys[0] for k in keys):
+        n = len(keys[0])
+        values, ci, counts = {}, {}, {}
+        for m in METRICS:
+            attr = f"adv_correct{m[-1]}"
+            k = sum(all(getattr(outs[i], attr) for outs in outcomes) for i in range(n))
+            values[m], ci[m], counts[m] = k / n, wilson_interval(k, n), k
+        return Cell(
+            values, ci, counts, n, run_ids, f"per-example worst case over {len(cells)} attacks", flags=flags
+        )
+    values, ci, counts = {}, {}, {}
+    for m in metrics:
+        have = [c for c in cells if m in c.values]
+        if not have:
+            continue
+        low = min(have, key=lambda c: c.values[m])
+        values[m] = low.values[m]
+        if m in low.ci:
+            ci[m], counts[m] = low.ci[m], low.counts[m]
+    why = "examples differ between runs" if outcomes else "no per-example outcomes"
+    return Cell(values, ci, counts, None, run_ids, f"minimum over {len(cells)} attacks ({why})", flags=flags)
+
+
+# -- from a store -------------------------------------------------------------------------------------
+def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list[Table]:
+    """Main and family tables from stored runs. ``store`` (a :class:`robustarch.store.Store`) supplies the
+    per-example outcomes for the worst-case column; without it the column is the minimum over attacks."""
+    groups: dict[tuple[str, str, str, bool], list[RunResult]] = defaultdict(list)
+    clean_anywhere: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
+    for run in results:
+        if run.n == 0:
+            log.info("run %s has no stored examples yet; left out", run.run_id)
+            continue
+        emulate = bool(run.meta.get("emulate_normalized", False))
+        if run.attack == CLEAN:
+            clean_anywhere[(run.dataset, run.model, run.weights_hash)].append(run)
+        groups[(run.dataset, run.profile, run.adv_metric, emulate)].append(run)
+
+    tables: list[Table] = []
+    for (dataset, profile, adv_metric, emulate), runs in sorted(groups.items()):
+        attack_runs = [r for r in runs if r.attack != CLEAN]
+        if not attack_runs and not any(r.attack == CLEAN for r in runs):
+            continue
+        metrics = metrics_for(dataset)
+        label = runs[0].dataset_label
+        settings = sorted(
+            {(r.attack, canonical_json(r.attack_params)) for r in attack_runs},
+            key=lambda s: _order(s[0], json.loads(s[1])),
+        )
+        settings_d = [(a, json.loads(p)) for a, p in settings]
+        labels = _column_labels([(CLEAN, {}), *settings_d])
+        columns = [Column(CLEAN, CLEAN, {}, "Clean")]
+        columns += [Column(column_key(a, p), a, p, labels[column_key(a, p)]) for a, p in settings_d]
+
+        hashes: dict[str, set[str]] = defaultdict(set)
+        for r in runs:
+            hashes[r.model].add(r.weights_hash)
+        rows: dict[str, Row] = {}
+        by_cell: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+        for r in runs:
+            row_key = r.model if len(hashes[r.model]) == 1 else f"{r.model}@{r.weights_hash[:8]}"
+            if row_key not in rows:
+                info = model_info(r.model)
+                name = info.get("label", r.model)
+                rows[row_key] = Row(
+                    row_key,
+                    r.model,
+                    name if row_key == r.model else f"{name} [{r.weights_hash[:8]}]",
+                    r.model_family,
+                    r.method,
+                    r.params_count,
+                    r.weights_hash,
+                )
+            by_cell[(row_key, column_key(r.attack, r.attack_params))].append(r)
+
+        for (row_key, col_key), cell_runs in by_cell.items():
+            run = _pick(cell_runs)
+            paper = _paper_for(dataset, run.model, run.attack, run.attack_params, adv_metric, metrics)
+            source = "clean run" if run.attack == CLEAN else f"{run.attack} run"
+            if len(cell_runs) > 1:
+                source += f" (1 of {len(cell_runs)} stored runs for this cell: the largest, newest)"
+            rows[row_key].cells[col_key] = _cell_from_run(run, run.attack == CLEAN, source, paper)
+        for row in rows.values():
+            if CLEAN in row.cells:
+                continue
+            # no clean run in this group: a clean run of the same weights under another profile, else the
+            # clean pass the attack runs made on their own examples
+            other = clean_anywhere.get((dataset, row.model, row.weights_hash))
+            paper = _paper_for(dataset, row.model, CLEAN, {}, adv_metric, metrics)
+            if other:
+                run = _pick(other)
+                row.cells[CLEAN] = _cell_from_run(run, True, f"clean run of profile {run.profile!r}", paper)
+            else:
+                runs_of_row = [r for (rk, _), rs in by_cell.items() if rk == row.key for r in rs]
+                if runs_of_row:
+                    run = _pick(runs_of_row)
+                    row.cells[CLEAN] = _cell_from_run(run, True, f"clean pass of the {run.attack} run", paper)
+
+        attack_cols = [c for c in columns if c.key != CLEAN]
+        if len(attack_cols) >= 2:
+            worst = Column(WORST, WORST, {}, "Worst case")
+            any_worst = False
+            for row in rows.values():
+                cell = _worst_case(store, row, attack_cols, metrics)
+                if cell is not None:
+                    row.cells[WORST] = cell
+                    any_worst = True
+            if any_worst:
+                columns.append(worst)
+
+        ordered = sorted(
+            rows.values(), key=lambda r: (r.family != "handcrafted", _model_rank(r.model), r.key)
+        )
+        slug = f"{dataset}-{profile}-{adv_metric}" + ("-emulated" if emulate else "")
+        title = f"{label}: accuracy (%) under attack, profile {profile!r}"
+        if adv_metric != "perturbed":
+            title += f", {adv_metric} accuracy"
+        if emulate:
+            title += ", EMULATED normalized-input attacks (the released code's flaw)"
+        notes = []
+        counterpart = PAPER_COUNTERPART.get(dataset)
+        paper_ref = {"cifar10": "Table 1", "cifar100": "Table 2", "imagenet": "Table 3"}.get(
+            counterpart or ""
+        )
+        if counterpart and counterpart != dataset:
+            paper_label = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}[
+                counterpart
+            ]
+            notes.append(
+                f"Measured on {label}; paper values are the paper's {paper_label} numbers ({paper_ref})."
+            )
+        table = Table(
+            f"main-{slug}",
+            title,
+            "main",
+            dataset,
+            label,
+            profile,
+            adv_metric,
+            metrics,
+            columns,
+            ordered,
+            paper_ref,
+            notes,
+            emulate,
+        )
+        tables.append(table)
+        tables.extend(_family_tables(table))
+    return tables
+
+
+def _model_rank(model: str) -> int:
+    models = list(paper_data()["models"])
+    return models.index(model) if model in models else len(models)
+
+
+def _family_tables(main: Table) -> list[Table]:
+    """One table per architecture method with two or more members, rows in increasing parameter count
+    (the paper's Table 4 for DenseNAS)."""
+    by_method: dict[str, list[Row]] = defaultdict(list)
+    for row in main.rows:
+        by_method[row.method].append(row)
+    out = []
+    for method, rows in sorted(by_method.items()):
+        if len({r.model for r in rows}) < 2:
+            continue
+        rows = sorted(rows, key=lambda r: (r.params_m if r.params_m is not None else math.inf, r.key))
+        paper_ref = (
+            "Table 4" if method == "DenseNAS" and PAPER_COUNTERPART.get(main.dataset) == "imagenet" else None
+        )
+        out.append(
+            Table(
+                f"family-{method.lower().replace(' ', '_')}-{main.id.removeprefix('main-')}",
+                f"{main.dataset_label}: the {method} family by parameter count, profile {main.profile!r}",
+                "family",
+                main.dataset,
+                main.dataset_label,
+                main.profile,
+                main.adv_metric,
+                main.metrics,
+                main.columns,
+                rows,
+                paper_ref,
+                list(main.notes),
+                main.emulate_normalized,
+            )
+        )
+    return out
+
+
+# -- the paper's own numbers --------------------------------------------------------------------------
+def paper_tables() -> list[Table]:
+    """Tables 1-4 as published, as report tables (no intervals: the paper gives no example counts)."""
+    data = paper_data()
+    out = []
+    for t in data["tables"]:
+        columns = [
+            Column(a, a, data["attacks"][a]["params"], data["attacks"][a]["label"]) for a in t["attacks"]
+        ]
+        rows = []
+        for r in t["rows"]:
+            info = data["models"][r["model"]]
+            row = Row(
+                r["model"],
+                r["model"],
+                info["label"],
+                info["family"],
+                info["method"],
+                None,
+                params_printed=r.get("params_m") or paper_params_m().get((t["dataset"], r["model"])),
+            )
+            for i, a in enumerate(t["attacks"]):
+                pv = {m: PaperValue(t["id"], t["dataset"], r["model"], a, m, r[m][i]) for m in t["metrics"]}
+                row.cells[a] = Cell(
+                    {m: v.fraction for m, v in pv.items()}, source=f"paper {t['caption']}", paper=pv
+                )
+            rows.append(row)
+        worst = Column(WORST, WORST, {}, "Worst case")
+        for row in rows:
+            vals = {}
+            for m in t["metrics"]:
+                attack_vals = [row.cells[a].values[m] for a in t["attacks"] if a != CLEAN]
+                vals[m] = min(attack_vals)
+            row.cells[WORST] = Cell(vals, source="minimum over the paper's attacks (no per-example data)")
+        kind = "family" if t.get("family") else "main"
+        out.append(
+            Table(
+                f"paper-{t['id']}",
+                t["caption"],
+                kind,
+                t["dataset"],
+                t["dataset_label"],
+                "paper",
+                "perturbed",
+                list(t["metrics"]),
+                [*columns, worst],
+                rows,
+                t["caption"].split(":")[0],
+                list(data.get("quirks", [])) if t["id"] == "table3" else [],
+                published=True,
+            )
+        )
+    return out
