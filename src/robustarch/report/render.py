@@ -69,11 +69,17 @@ def paper_text(cell: Cell | None, metric: str) -> str:
     return f"{cell.paper[metric].printed} ({signed(cell.diff(metric))})"
 
 
-def table_grid(table: Table) -> tuple[list[str], list[list[str]]]:
-    """Header and body of a table as display strings (shared by Markdown, LaTeX and HTML)."""
+def _lead(table: Table) -> list[str]:
+    """Leading columns; parameter counts only where some row has one (the paper's CIFAR tables have none)."""
+    lead = ["Model", "Family"]
+    return [*lead, "Params (M)"] if any(_params(r) for r in table.rows) else lead
+
+
+def _grid_spec(table: Table) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Header and, per data column, (column key, metric, "value" | "paper")."""
     multi = len(table.metrics) > 1
-    header = ["Model", "Family", "Params (M)"]
-    spec: list[tuple[str, str, str]] = []  # (column key, metric, "value"|"paper")
+    header = _lead(table)
+    spec: list[tuple[str, str, str]] = []
     for col in table.columns:
         for m in table.metrics:
             name = col.label + (f" {METRIC_LABEL[m]}" if multi else "")
@@ -82,15 +88,23 @@ def table_grid(table: Table) -> tuple[list[str], list[list[str]]]:
             if _has_paper(table, col.key, m):
                 header.append(f"{name} {paper_header(table)}")
                 spec.append((col.key, m, "paper"))
+    return header, spec
+
+
+def table_grid(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a table as display strings (shared by Markdown, LaTeX and HTML)."""
+    header, spec = _grid_spec(table)
     body = []
     for row in table.rows:
-        line = [row.label, row.family, _params(row)]
+        line = [row.label, row.family, _params(row)][: len(_lead(table))]
         for key, m, what in spec:
             cell = row.cells.get(key)
-            if what == "value":
-                line.append(value_text(cell, m, with_ci=not table.published))
-            else:
+            if what == "paper":
                 line.append(paper_text(cell, m))
+            elif table.published and cell is not None and m in cell.paper:
+                line.append(cell.paper[m].printed)  # exactly as printed, quirks included
+            else:
+                line.append(value_text(cell, m, with_ci=not table.published))
         body.append(line)
     return header, body
 
@@ -494,16 +508,12 @@ def _html_table(
 
 def _cell_meta(table: Table, runs_by_id: dict[str, RunResult]) -> tuple[list[list[str]], list[list[str]]]:
     """Per body cell: a CSS class for its flag status and a tooltip with its provenance."""
-    multi_paper = []
-    for col in table.columns:
-        for m in table.metrics:
-            multi_paper.append((col.key, m, "value"))
-            if _has_paper(table, col.key, m):
-                multi_paper.append((col.key, m, "paper"))
+    _, spec = _grid_spec(table)
+    lead = len(_lead(table))
     classes, titles = [], []
     for row in table.rows:
-        cls_row, title_row = ["", "", ""], ["", "", ""]
-        for key, _m, what in multi_paper:
+        cls_row, title_row = [""] * lead, [""] * lead
+        for key, _m, what in spec:
             cell = row.cells.get(key)
             if cell is None or what == "paper":
                 cls_row.append("")
