@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from robustarch._runtime import tune_allocator
+
+    tune_allocator()  # glibc: keep freed activations for reuse instead of munmap/page-fault (~1.4x on CPU)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) + (10 if args.verbose == 0 else 0)

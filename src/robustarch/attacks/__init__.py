@@ -1,0 +1,31 @@
+"""The attack engine: the study's FGSM, R-FGSM, StepLL and PGD in two profiles (``paper`` = torchattacks 1.3
+semantics as the study ran them, ``standard`` = correct modern semantics), plus APGD-CE, APGD-T and Square.
+
+>>> import robustarch.attacks as ra
+>>> attack = ra.create("pgd", eps=8/255, steps=10)          # standard profile
+>>> adv = attack(model, images, labels, generator=torch.Generator().manual_seed(0))
+>>> result = attack.run(model, images, labels)              # adv plus realized norms
+>>> ra.preset("paper")                                       # the study's four attacks
+
+``emulate_normalized_inputs=True`` (any attack) reproduces the released code's flaw of attacking normalized
+tensors; see ``docs/attacks.md``.
+"""
+
+from robustarch.attacks import apgd, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
+from robustarch.attacks._base import Attack, AttackResult, check_inputs, check_model
+from robustarch.attacks._presets import PRESETS, preset
+from robustarch.attacks._registry import PROFILES, attack_profiles, create, list_attacks, register_attack
+
+__all__ = [
+    "PRESETS",
+    "PROFILES",
+    "Attack",
+    "AttackResult",
+    "attack_profiles",
+    "check_inputs",
+    "check_model",
+    "create",
+    "list_attacks",
+    "preset",
+    "register_attack",
+]

@@ -1,0 +1,306 @@
+"""The attack base class: parameter handling, input validation, the normalized-input flaw switch, the
+random-number contract and realized-norm reporting. Each attack file implements only ``_perturb``.
+
+Random numbers. Every random draw of an attack comes from the ``generator`` passed to the call, in a
+fixed, documented order, on the generator's own device (then moved to the images' device), so the same
+generator state gives the same adversarial batch on any device. With ``generator=None`` the draws come from
+torch's global generator (``torch.manual_seed`` makes them reproducible). Deterministic attacks draw nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from robustarch.errors import RobustarchError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+Model = Callable[[Tensor], Tensor]
+
+# Parameters every attack accepts, next to its own.
+COMMON_PARAMS: dict[str, Any] = {"emulate_normalized_inputs": False, "mean": None, "std": None}
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """An adversarial batch and its budget audit (realized norms are measured in pixel units, [0,1])."""
+
+    adv: Tensor
+    attack: str
+    profile: str
+    params: Mapping[str, Any]
+    eps: float  # nominal eps as given (in normalized units when the flaw is emulated)
+    linf: Tensor  # per-example realized L-inf norm of adv - images, pixel units
+    l2: Tensor  # per-example realized L2 norm, pixel units
+    emulated_normalized_inputs: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def linf_max(self) -> float:
+        return float(self.linf.max()) if self.linf.numel() else 0.0
+
+    @property
+    def linf_max_255(self) -> float:
+        return self.linf_max * 255.0
+
+    def summary(self) -> str:
+        flaw = " [EMULATED NORMALIZED-INPUT FLAW]" if self.emulated_normalized_inputs else ""
+        return (
+            f"{self.attack}/{self.profile}: nominal eps {self.eps:.6g} ({self.eps * 255:.3g}/255), realized "
+            f"L-inf max {self.linf_max:.6g} ({self.linf_max_255:.3g}/255), mean L2 "
+            f"{float(self.l2.mean()) if self.l2.numel() else 0.0:.4g}{flaw}"
+        )
+
+
+def _as_channel_tensor(values: Sequence[float] | Tensor, name: str, channels: int, like: Tensor) -> Tensor:
+    t = torch.as_tensor(values, dtype=like.dtype, device=like.device).flatten()
+    if t.numel() == 1:
+        t = t.expand(channels)
+    if t.numel() != channels:
+        raise RobustarchError(f"{name} has {t.numel()} values but the images have {channels} channels")
+    return t.view(1, channels, 1, 1)
+
+
+class _NormalizedView(nn.Module):
+    """The model as the study's released code saw it: a function of *normalized* tensors ``z``.
+
+    ``model`` takes pixels in [0,1] and normalizes inside; feeding it ``z * std + mean`` makes it compute the
+    bare network on ``z``, which is what the released code attacked (its loaders normalized, its models did
+    not)."""
+
+    def __init__(self, model: Model, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, z: Tensor) -> Tensor:
+        net = getattr(self.model, "net", None)
+        inner_mean, inner_std = getattr(self.model, "mean", None), getattr(self.model, "std", None)
+        if (
+            isinstance(net, nn.Module)
+            and getattr(self.model, "pad_to", None) is None
+            and isinstance(inner_mean, Tensor)
+            and isinstance(inner_std, Tensor)
+            and inner_mean.shape == self.mean.shape
+            and torch.equal(inner_mean.to(self.mean), self.mean)
+            and torch.equal(inner_std.to(self.std), self.std)
+        ):
+            # a robustarch.zoo Normalized wrapper with the same statistics: feed z to the bare network,
+            # exactly what the released code computed (no round trip through pixel space)
+            return net(z)
+        return self.model(z * self.std + self.mean)
+
+
+class Attack:
+    """Base of every attack. Stateless: parameters are fixed at construction; a call maps
+    ``(model, images, labels, generator)`` to an adversarial batch and never changes its inputs.
+
+    Subclasses set ``name``, ``profiles``, ``defaults`` (per profile, the parameters and their defaults),
+    ``paper`` (citation) and implement ``_perturb`` on already-validated, detached copies.
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    profiles: ClassVar[tuple[str, ...]] = ("paper", "standard")
+    defaults: ClassVar[dict[str, dict[str, Any]]]
+
+    def __init__(self, profile: str = "standard", **params: Any):
+        if profile not in self.profiles:
+            raise UnknownNameError(f"profile of attack {self.name!r}", str(profile), self.profiles)
+        self.profile = profile
+        allowed = {**self.defaults[profile], **COMMON_PARAMS}
+        for key in params:
+            if key not in allowed:
+                raise UnknownNameError(f"parameter of attack {self.name!r} ({profile} profile)", key, allowed)
+        merged = {**allowed, **params}
+        self.emulate_normalized_inputs = bool(merged.pop("emulate_normalized_inputs"))
+        self.mean, self.std = merged.pop("mean"), merged.pop("std")
+        if (self.mean is None) != (self.std is None):
+            raise RobustarchError("give both mean and std (or neither, to read them from the model)")
+        if (self.mean is not None) and not self.emulate_normalized_inputs:
+            raise RobustarchError(
+                "mean/std are only used with emulate_normalized_inputs=True; models take [0,1] input and "
+                "normalize inside themselves"
+            )
+        self._params = merged
+        for key, value in merged.items():
+            setattr(self, key, value)
+        self._validate_common()
+        self.validate()
+
+    # ---- parameters -------------------------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, Any]:
+        """All parameters (defaults filled in), plus the flaw switch: what a result's provenance records."""
+        out = dict(self._params)
+        out["emulate_normalized_inputs"] = self.emulate_normalized_inputs
+        if self.mean is not None:
+            out["mean"], out["std"] = list(map(float, self.mean)), list(map(float, self.std))
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}(name={self.name!r}, profile={self.profile!r}, {args})"
+
+    def _check_number(self, key: str, lo: float | None = None, hi: float | None = None) -> None:
+        value = getattr(self, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RobustarchError(f"{self.name}: {key} must be a finite number, got {value!r}")
+        if lo is not None and value < lo:
+            raise RobustarchError(f"{self.name}: {key} must be >= {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise RobustarchError(f"{self.name}: {key} must be <= {hi}, got {value!r}")
+
+    def _check_int(self, key: str, lo: int) -> None:
+        value = getattr(self, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RobustarchError(f"{self.name}: {key} must be an integer, got {value!r}")
+        if value < lo:
+            raise RobustarchError(f"{self.name}: {key} must be >= {lo}, got {value!r}")
+
+    def _check_bool(self, key: str) -> None:
+        if not isinstance(getattr(self, key), bool):
+            raise RobustarchError(f"{self.name}: {key} must be True or False, got {getattr(self, key)!r}")
+
+    def _validate_common(self) -> None:
+        if "eps" in self._params:
+            self._check_number("eps", 0.0, 1.0)
+        if "alpha" in self._params:
+            self._check_number("alpha", 0.0, 1.0)
+        if "steps" in self._params:
+            self._check_int("steps", 0)
+        if "restarts" in self._params:
+            self._check_int("restarts", 1)
+        if "random_start" in self._params:
+            self._check_bool("random_start")
+
+    def validate(self) -> None:
+        """Attack-specific parameter checks (raise RobustarchError)."""
+
+    # ---- calling ----------------------------------------------------------------------------------------
+    def __call__(
+        self, model: Model, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Adversarial images for ``images`` (N, C, H, W in [0,1]) with true ``labels`` (N,)."""
+        return self.run(model, images, labels, generator).adv
+
+    def run(
+        self, model: Model, images: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> AttackResult:
+        """Like calling the attack, but returns an :class:`AttackResult` with the realized norms."""
+        check_model(model)
+        x, y = check_inputs(images, labels)
+        extras: dict[str, Any] = {}
+        if self.emulate_normalized_inputs:
+            mean, std = self._mean_std(model, x)
+            view = _NormalizedView(model, mean, std)
+            z_adv = self._perturb(view, (x - mean) / std, y, generator, extras)
+            adv = (z_adv * std + mean).detach()
+        else:
+            adv = self._perturb(model, x, y, generator, extras).detach()
+        delta = (adv - x).flatten(1)
+        result = AttackResult(
+            adv=adv,
+            attack=self.name,
+            profile=self.profile,
+            params=self.params,
+            eps=float(self._params.get("eps", 0.0)),
+            linf=delta.abs().amax(1) if delta.shape[1] else delta.new_zeros(len(delta)),
+            l2=delta.norm(dim=1),
+            emulated_normalized_inputs=self.emulate_normalized_inputs,
+            extras=extras,
+        )
+        log.debug("%s", result.summary())
+        return result
+
+    def _mean_std(self, model: Model, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, std = self.mean, self.std
+        if mean is None:
+            mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+        if mean is None or std is None:
+            raise RobustarchError(
+                "emulate_normalized_inputs=True needs the normalization the released code applied: pass "
+                "mean= and std= to the attack, or a model exposing .mean and .std (robustarch.zoo.load does)"
+            )
+        std_t = _as_channel_tensor(std, "std", x.shape[1], x)
+        if bool((std_t <= 0).any()):
+            raise RobustarchError("std must be positive")
+        return _as_channel_tensor(mean, "mean", x.shape[1], x), std_t
+
+    def _perturb(
+        self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+def check_model(model: Model) -> None:
+    """Refuse a model in training mode (BatchNorm would use batch statistics, dropout would be random)."""
+    if isinstance(model, nn.Module):
+        training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
+        if training:
+            raise RobustarchError(
+                f"the model is in training mode ({len(training)} module(s), e.g. {training[0]!r}): call "
+                "model.eval() before attacking it (train-mode BatchNorm/dropout make the attack and the "
+                "evaluation inconsistent)"
+            )
+    elif not callable(model):
+        raise RobustarchError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+
+
+def check_inputs(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate and return detached copies (the caller's tensors are never modified)."""
+    if not isinstance(images, Tensor):
+        raise RobustarchError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not isinstance(labels, Tensor):
+        raise RobustarchError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if images.dim() != 4:
+        raise RobustarchError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise RobustarchError(f"images must be floating point in [0,1], got dtype {images.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise RobustarchError(
+            f"labels must have shape (N,) = ({images.shape[0]},), got {tuple(labels.shape)}"
+        )
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise RobustarchError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise RobustarchError("labels must be non-negative class indices")
+    if images.numel():
+        if not bool(torch.isfinite(images).all()):
+            raise RobustarchError("images contain NaN or infinite values")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0.0 or hi > 1.0:
+            raise RobustarchError(
+                f"images must lie in [0,1] (got min {lo:.4g}, max {hi:.4g}); models normalize inside "
+                "themselves, so pass unnormalized pixels (to reproduce the study's flaw of attacking "
+                "normalized tensors use emulate_normalized_inputs=True on [0,1] images)"
+            )
+    return images.detach().clone(), labels.detach().to(torch.int64).clone()
+
+
+# ---- random draws (all from the caller's generator) -----------------------------------------------------
+def rand(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """U[0,1) of ``shape``, drawn on the generator's device and moved to ``like``'s."""
+    dev = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(tuple(shape), generator=generator, device=dev, dtype=like.dtype).to(like.device)
+
+
+def randn(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    dev = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, device=dev, dtype=like.dtype).to(like.device)
+
+
+def randint(high: int, shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    dev = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(high, tuple(shape), generator=generator, device=dev).to(like.device)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Projection onto the L-inf eps-ball around ``x`` intersected with [0,1]."""
+    return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
