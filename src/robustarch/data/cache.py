@@ -207,12 +207,16 @@ def cached(
 def list_entries(cache_dir: Path | str | None = None) -> list[dict[str, Any]]:
     """Manifests of the complete cache entries (plus their folder and size on disk)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = []
+    out = [
+        {"folder": str(d), "problem": "incomplete (no manifest): an interrupted build", "bytes": 0}
+        for d in sorted(root.glob("*"))
+        if d.is_dir() and not (d / MANIFEST).is_file()
+    ]
     for manifest in sorted(root.glob(f"*/{MANIFEST}")):
         try:
             entry = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            continue
+        except (OSError, ValueError) as err:
+            entry = {"problem": f"unreadable manifest: {err}", "files": {}}
         entry["folder"] = str(manifest.parent)
         entry["bytes"] = sum(f["size"] for f in entry.get("files", {}).values())
         out.append(entry)

@@ -107,7 +107,7 @@ def _members(
     """Raw bytes of the named members, from the folder or the archive, checksum-checked."""
     r = RELEASES[dataset]
     folder = root if (root / r.meta).is_file() and root.name == r.folder else root / r.folder
-    table, kind = (md5, "expected") if md5 is not None else (r.md5, "official")
+    table, kind = (md5, "expected") if md5 is not None else ({**r.md5, r.archive: r.archive_md5}, "official")
     if folder.is_dir():
         out = {}
         for name in names:

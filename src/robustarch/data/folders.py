@@ -169,8 +169,9 @@ def _parse_meta_mat(data: bytes, name: str) -> tuple[dict[int, str], dict[str, s
         ) from err
     try:
         synsets = loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
-        ids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
-        words = {str(s["WNID"]): str(s["words"]) for s in synsets if int(s["num_children"]) == 0}
+        leaves = [s for s in synsets if int(s["num_children"]) == 0]
+        ids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in leaves}
+        words = {str(s["WNID"]): str(s["words"]).split(",")[0].strip() for s in leaves}
     except Exception as err:  # any parse failure means it is not the devkit's meta.mat
         raise CorruptFileError(f"cannot read the synsets of {name}: {type(err).__name__}: {err}") from err
     return ids, words
@@ -303,6 +304,9 @@ def load_imagenet(
         e for e in entries if (folder / e).is_dir() and e not in wnid_dirs and not e.startswith(".")
     ]
     names: dict[str, str] = {}
+    if not wnid_dirs and not any(_val_id(f) is not None for f in flat):
+        looked = f"{root / split} nor {root}" if folder == root else str(folder)
+        raise DataLayoutError(f"neither {looked} holds ImageNet images; {IMAGENET_LAYOUT}")
     if wnid_dirs:
         if other_dirs or [f for f in flat if _is_image(f)]:
             raise DataLayoutError(
@@ -350,4 +354,5 @@ def load_imagenet(
     class_names = [names.get(c, c) for c in classes]
     source = EncodedImages(items, preprocess, base=folder)
     ds = ImageDataset(labels, ids, preprocess.image_size, source=source)
-    return ds, classes, class_names, f"{_tree_fingerprint(folder, items)};gt={gt_source}"
+    gt_print = file_fingerprint(Path(gt_source)) if Path(gt_source).is_file() else gt_source
+    return ds, classes, class_names, f"{_tree_fingerprint(folder, items)};gt={gt_print}"
