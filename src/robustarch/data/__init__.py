@@ -86,7 +86,7 @@ def load_split(
         raise DataLayoutError(f"{dataset} needs a root folder (root=... / --root PATH)")
     root_path = Path(root_str).expanduser()
     if not root_path.exists() and not (download and dataset in cifar.RELEASES):
-        raise DataLayoutError(f"{root_path} does not exist")
+        raise DataLayoutError(f"{root_path} does not exist; {_layout(dataset, split)}")
     num_classes, image_size_out, class_names = info.num_classes, info.image_size, info.class_names
     preprocessing, report_label = "uint8-as-released", label or info.label
     if dataset in cifar.RELEASES:
@@ -129,6 +129,18 @@ def load_split(
         root=str(root_path),
     )
     return ds, spec, f"{fingerprint}|{preprocessing}"
+
+
+def _layout(dataset: str, split: str) -> str:
+    from robustarch.data import cifar, folders, mnist
+
+    if dataset in cifar.RELEASES:
+        return cifar.expected_layout(dataset)
+    return {
+        "cifar10-jpeg": folders.CIFAR10_JPEG_LAYOUT.format(split=split),
+        "imagenet": folders.IMAGENET_LAYOUT,
+        "fashion-mnist": mnist.LAYOUT,
+    }.get(dataset, folders.IMAGEFOLDER_LAYOUT)
 
 
 def _check_counts(

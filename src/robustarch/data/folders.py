@@ -325,7 +325,11 @@ def load_imagenet(
             raise DataLayoutError(
                 f"{folder} holds folders {other_dirs[:3]} that are not wnids; {IMAGENET_LAYOUT}"
             )
-        files = _check_names(flat, str(folder), IMAGENET_LAYOUT)
+        # the ground-truth / synset files often sit beside the images: they are not stray files
+        meta = {GT_CSV, GT_TXT, "meta.mat", DEVKIT_TGZ, *SYNSET_NAME_FILES}
+        if ground_truth is not None:
+            meta.add(ground_truth.name)
+        files = _check_names([f for f in flat if f not in meta], str(folder), IMAGENET_LAYOUT)
         bad = [f for f in files if _val_id(f) is None]
         if bad:
             raise DataLayoutError(

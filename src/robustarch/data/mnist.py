@@ -43,15 +43,17 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
+LAYOUT = (
+    "expected ROOT/{train,t10k}-images-idx3-ubyte[.gz] and ROOT/{train,t10k}-labels-idx1-ubyte[.gz] "
+    "(Debian: apt install dataset-fashion-mnist, root /usr/share/datasets/fashion-mnist)"
+)
+
+
 def _find(root: Path, stem: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
         if candidate.is_file():
             return candidate
-    raise DataLayoutError(
-        f"{root / stem}[.gz] is missing; expected ROOT/{{train,t10k}}-images-idx3-ubyte[.gz] and "
-        f"ROOT/{{train,t10k}}-labels-idx1-ubyte[.gz] (Debian: apt install dataset-fashion-mnist, "
-        "root /usr/share/datasets/fashion-mnist)"
-    )
+    raise DataLayoutError(f"{root / stem}[.gz] is missing; {LAYOUT}")
 
 
 def load_fashion_mnist(root: Path, split: str) -> tuple[ImageDataset, str]:
