@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from robustarch.errors import RobustarchError
-from robustarch.zoo._registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, register_model
+from robustarch.zoo._registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    cifar_normalization,
+    register_model,
+)
 from robustarch.zoo.genotypes import CITATIONS, Genotype, as_genotype
 from robustarch.zoo.operations import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
 
@@ -31,6 +37,9 @@ CIFAR100_MEAN_STD = (
     (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
     (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
 )
+# per dataset: CIFAR-10 (and its JPEG copy) as the authors trained, CIFAR-100 as the study evaluated,
+# Fashion-MNIST its own statistics (no published weights)
+NAS_CIFAR_NORMALIZATION = {**cifar_normalization(CIFAR10_MEAN_STD), "cifar100": CIFAR100_MEAN_STD}
 
 
 class SELayer(nn.Module):
@@ -395,7 +404,7 @@ for _name, _m in _METHODS.items():
             reference=f"{_m['repo']} {_m['file']} NetworkCIFAR (genotype {_m['genotype']['cifar']})",
             weights=_m["weights"]["cifar"],
             checkpoint_prefix=_m["prefix"]["cifar"],
-            normalization={"*": CIFAR10_MEAN_STD, "cifar100": CIFAR100_MEAN_STD},
+            normalization=NAS_CIFAR_NORMALIZATION,
             defaults={
                 "*": {"C": 36, "layers": 20, "auxiliary": True, "genotype": _m["genotype"]["cifar"]},
                 "fashion-mnist": {"auxiliary": False},

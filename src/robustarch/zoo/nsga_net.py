@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robustarch.zoo._registry import ModelSpec, register_model
-from robustarch.zoo.darts import CIFAR10_MEAN_STD, CIFAR100_MEAN_STD, AuxiliaryHeadCIFAR, Cell, _check_layers
+from robustarch.zoo.darts import NAS_CIFAR_NORMALIZATION, AuxiliaryHeadCIFAR, Cell, _check_layers
 from robustarch.zoo.genotypes import CITATIONS, Genotype, as_genotype
 
 
@@ -108,7 +108,7 @@ register_model(
         "(ianwhale/nsga-net README, Google Drive); as used by the study: tdchaitanya/nas-robustness README "
         "(Google Drive, nsga_net/pretrained)",
         checkpoint_prefix="",
-        normalization={"*": CIFAR10_MEAN_STD, "cifar100": CIFAR100_MEAN_STD},
+        normalization=NAS_CIFAR_NORMALIZATION,
         defaults={
             # CIFAR-10 and every CIFAR-10-shaped dataset use the CIFAR-10 model's widths
             "*": {
