@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 
 from robustarch.report.analysis import correlations, dataset_scale_key, dnha
 from robustarch.report.paper import model_info
-from robustarch.report.tables import CLEAN, WORST, Table, canonical_json
+from robustarch.report.tables import CLEAN, WORST, Table, sweep_key
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ def sweep_specs(tables: list[Table]) -> list[dict[str, Any]]:
         sweeps: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for col in t.attack_columns:
             if isinstance(col.params.get("eps"), int | float):
-                rest = {k: v for k, v in col.params.items() if k != "eps"}
-                sweeps[(col.attack, canonical_json(rest))].append(col)
+                sweeps[(col.attack, sweep_key(col.params))].append(col)
         for metric in t.metrics:
             panels = []
             for (_attack, rest), cols in sorted(sweeps.items()):
@@ -340,7 +339,7 @@ def draw(spec: dict[str, Any]) -> plt.Figure:
         ax.legend(fontsize=7)
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
-    fig.suptitle(textwrap.fill(spec["title"], width=int(95 * ncols)), fontsize=11)
+    fig.suptitle(textwrap.fill(spec["title"], width=int(58 * ncols)), fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -155,9 +155,21 @@ def _column_labels(columns: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, s
         if len(settings) > 1:
             names = sorted({k for p in settings for k in p})
             differing = [k for k in names if len({canonical_json(p.get(k)) for p in settings}) > 1]
+            if "eps" in differing and "alpha" in differing and _alpha_follows_eps(settings):
+                differing.remove("alpha")  # a step size scaled with eps says nothing new
             label += " (" + ", ".join(f"{k}={_fmt_param(params.get(k))}" for k in differing) + ")"
         labels[column_key(attack, params)] = label
     return labels
+
+
+def _alpha_follows_eps(settings: Sequence[dict[str, Any]]) -> bool:
+    ratios = set()
+    for p in settings:
+        eps, alpha = p.get("eps"), p.get("alpha")
+        if not isinstance(eps, int | float) or not isinstance(alpha, int | float) or not eps:
+            return False
+        ratios.add(round(alpha / eps, 9))
+    return len(ratios) == 1
 
 
 def _order(attack: str, params: dict[str, Any]) -> tuple[Any, ...]:
@@ -244,6 +256,39 @@ def _worst_case(store: Any, row: Row, columns: Sequence[Column], metrics: Sequen
     return Cell(values, ci, counts, None, run_ids, f"minimum over {len(cells)} attacks ({why})", flags=flags)
 
 
+def sweep_key(params: dict[str, Any]) -> str:
+    """Settings that make one eps sweep: everything but eps and the step size (which follows eps)."""
+    return canonical_json({k: v for k, v in params.items() if k not in ("eps", "alpha")})
+
+
+def _eps(col: Column) -> float | None:
+    eps = col.params.get("eps")
+    return float(eps) if isinstance(eps, int | float) and not isinstance(eps, bool) else None
+
+
+def _worst_columns(columns: list[Column]) -> tuple[list[Column], str]:
+    """The attacks the worst-case column combines, and its label.
+
+    Any perturbation inside a smaller L-inf ball is inside a larger one, so the worst case at a budget may
+    combine every attack of that budget or less. The budget is the largest eps among attacks run at one
+    eps only; eps-sweep points above it (e.g. PGD at 16/255 beside an 8/255 study) are left out.
+    """
+    sweeps: dict[tuple[str, str], set[float]] = defaultdict(set)
+    for c in columns:
+        if _eps(c) is not None:
+            sweeps[(c.attack, sweep_key(c.params))].add(_eps(c))
+    single = [
+        _eps(c) for c in columns if _eps(c) is not None and len(sweeps[(c.attack, sweep_key(c.params))]) == 1
+    ]
+    if not single:
+        return columns, "Worst case"
+    budget = max(single)
+    kept = [c for c in columns if _eps(c) is None or _eps(c) <= budget * (1 + 1e-9)]
+    if len(kept) == len(columns):
+        return kept, "Worst case"
+    return kept, f"Worst case (eps <= {_fmt_param(budget)})"
+
+
 # -- from a store -------------------------------------------------------------------------------------
 def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list[Table]:
     """Main and family tables from stored runs. ``store`` (a :class:`robustarch.store.Store`) supplies the
@@ -256,14 +301,19 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
             continue
         emulate = bool(run.meta.get("emulate_normalized", False))
         if run.attack == CLEAN:
+            # clean runs belong to no attack profile (the engine stores them as profile "none"); every
+            # table of their dataset takes its Clean column from them
             clean_anywhere[(run.dataset, run.model, run.weights_hash)].append(run)
-        groups[(run.dataset, run.profile, run.adv_metric, emulate)].append(run)
+        else:
+            groups[(run.dataset, run.profile, run.adv_metric, emulate)].append(run)
+    attacked = {d for (d, *_rest) in groups}
+    for (dataset, _model, _hash), runs in clean_anywhere.items():
+        if dataset not in attacked:  # clean evaluations only: one table of clean accuracies
+            groups[(dataset, _pick(runs).profile, "perturbed", False)].extend(runs)
 
     tables: list[Table] = []
     for (dataset, profile, adv_metric, emulate), runs in sorted(groups.items()):
         attack_runs = [r for r in runs if r.attack != CLEAN]
-        if not attack_runs and not any(r.attack == CLEAN for r in runs):
-            continue
         metrics = metrics_for(dataset)
         label = runs[0].dataset_label
         settings = sorted(
@@ -311,17 +361,20 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
             other = clean_anywhere.get((dataset, row.model, row.weights_hash))
             paper = _paper_for(dataset, row.model, CLEAN, {}, adv_metric, metrics)
             if other:
-                run = _pick(other)
-                row.cells[CLEAN] = _cell_from_run(run, True, f"clean run of profile {run.profile!r}", paper)
+                subsets = {r.subset for (rk, _), rs in by_cell.items() if rk == row.key for r in rs}
+                # prefer a clean run over the same examples as the attacks
+                same = [r for r in other if r.subset in subsets]
+                run = _pick(same or other)
+                row.cells[CLEAN] = _cell_from_run(run, True, "clean run", paper)
             else:
                 runs_of_row = [r for (rk, _), rs in by_cell.items() if rk == row.key for r in rs]
                 if runs_of_row:
                     run = _pick(runs_of_row)
                     row.cells[CLEAN] = _cell_from_run(run, True, f"clean pass of the {run.attack} run", paper)
 
-        attack_cols = [c for c in columns if c.key != CLEAN]
+        attack_cols, worst_label = _worst_columns([c for c in columns if c.key != CLEAN])
         if len(attack_cols) >= 2:
-            worst = Column(WORST, WORST, {}, "Worst case")
+            worst = Column(WORST, WORST, {}, worst_label)
             any_worst = False
             for row in rows.values():
                 cell = _worst_case(store, row, attack_cols, metrics)
