@@ -22,10 +22,22 @@ from robustarch.store import ExampleOutcome, Flag, RunKey, Store, wilson_interva
 
 def make_key(**changes) -> RunKey:
     base = dict(
-        dataset="cifar10", dataset_label="CIFAR-10", subset="first:10", model="resnet18",
-        model_family="handcrafted", method="ResNet", params_count=11_173_962, weights_hash="ab12",
-        attack="fgsm", attack_params={"eps": 0.007}, profile="paper", seed=0, dtype="float32",
-        device="cpu", n_planned=10, chunk_size=4,
+        dataset="cifar10",
+        dataset_label="CIFAR-10",
+        subset="first:10",
+        model="resnet18",
+        model_family="handcrafted",
+        method="ResNet",
+        params_count=11_173_962,
+        weights_hash="ab12",
+        attack="fgsm",
+        attack_params={"eps": 0.007},
+        profile="paper",
+        seed=0,
+        dtype="float32",
+        device="cpu",
+        n_planned=10,
+        chunk_size=4,
     )
     base.update(changes)
     return RunKey(**base)
@@ -40,8 +52,21 @@ def random_outcomes(ids, seed: int) -> list[ExampleOutcome]:
         ap = label if rng.random() < 0.3 else ap
         c5 = bool(rng.random() < 0.8) or cp == label
         a5 = bool(rng.random() < 0.5) or ap == label
-        out.append(ExampleOutcome(int(i), label, cp, cp == label, c5, ap, ap == label, a5,
-                                  float(rng.random() * 0.01), float(rng.random()), bool(rng.random() < 0.9)))
+        out.append(
+            ExampleOutcome(
+                int(i),
+                label,
+                cp,
+                cp == label,
+                c5,
+                ap,
+                ap == label,
+                a5,
+                float(rng.random() * 0.01),
+                float(rng.random()),
+                bool(rng.random() < 0.9),
+            )
+        )
     return out
 
 
@@ -72,9 +97,16 @@ def test_run_id_depends_on_identity_only():
     key = make_key()
     assert key.run_id == make_key().run_id and len(key.run_id) == 16
     assert make_key(method="renamed", dataset_label="x", params_count=1).run_id == key.run_id
-    for change in ({"seed": 1}, {"attack_params": {"eps": 0.008}}, {"weights_hash": "cd"},
-                   {"device": "cuda"}, {"chunk_size": 5}, {"subset": "first:11"}, {"adv_metric": "robust"},
-                   {"profile": "standard"}):
+    for change in (
+        {"seed": 1},
+        {"attack_params": {"eps": 0.008}},
+        {"weights_hash": "cd"},
+        {"device": "cuda"},
+        {"chunk_size": 5},
+        {"subset": "first:11"},
+        {"adv_metric": "robust"},
+        {"profile": "standard"},
+    ):
         assert make_key(**change).run_id != key.run_id, change
     # parameter order does not matter
     a = make_key(attack_params={"eps": 0.3, "alpha": 0.007, "steps": 10})
@@ -93,8 +125,12 @@ def test_round_trip_aggregates_and_finish(tmp_path):
     assert res.run_id == run_id and res.complete and res.n == 10 and res.key == key
     assert res.meta == {"versions": {"torch": "x"}} and res.attack_params == {"eps": 0.007}
     arr = {f: np.array([getattr(o, f) for o in outs]) for f in ExampleOutcome.__dataclass_fields__}
-    for name, col in (("clean_top1", "clean_correct1"), ("clean_top5", "clean_correct5"),
-                      ("adv_top1", "adv_correct1"), ("adv_top5", "adv_correct5")):
+    for name, col in (
+        ("clean_top1", "clean_correct1"),
+        ("clean_top5", "clean_correct5"),
+        ("adv_top1", "adv_correct1"),
+        ("adv_top5", "adv_correct5"),
+    ):
         k = int(arr[col].sum())
         assert getattr(res, name) == k / 10
         assert getattr(res, f"{name}_count") == k
@@ -163,8 +199,10 @@ def test_filters_and_flags(tmp_path):
     store.add_flag(r1, "eps0_identity", "ok", 0.0, "clean accuracy reproduced")
     store.add_flag(r1, "eps0_identity", "fail", 0.1, "re-checked")  # replaces
     store.add_flag(r1, "budget", "warn", None, "unused budget")
-    assert store.result(r1).flags == [Flag("budget", "warn", None, "unused budget"),
-                                      Flag("eps0_identity", "fail", 0.1, "re-checked")]
+    assert store.result(r1).flags == [
+        Flag("budget", "warn", None, "unused budget"),
+        Flag("eps0_identity", "fail", 0.1, "re-checked"),
+    ]
     assert store.result(r2).flags == []
     with pytest.raises(RobustarchError, match="status"):
         store.add_flag(r1, "budget", "bad", None, "")

@@ -80,7 +80,11 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
         attack = r.plan.attack
         params = r.plan.params
         if "eps" in params and (force or not _flagged(store, r.run_id, "eps0_identity")):
-            zero = {k: 0.0 for k in BUDGET_KEYS if k in params}
+            zero: dict[str, Any] = {k: 0.0 for k in BUDGET_KEYS if k in params}
+            if "steps" in params:
+                # one step shows a budget leak (a clamp in the wrong space moves x at the first step) at a
+                # fraction of the cost; steps=0 would mean StepLL's automatic count, 0 at eps 0: no step
+                zero["steps"] = 1
             try:
                 a0 = type(attack)(profile=attack.profile, **{**_own_params(attack), **zero})
             except RobustarchError as err:
@@ -99,7 +103,8 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
                     "eps0_identity",
                     "ok" if ok else "fail",
                     moved,
-                    f"with {', '.join(f'{k}=0' for k in zero)} on {len(y)} examples: max |x_adv - x| = "
+                    f"with {', '.join(f'{k}={v:g}' for k, v in zero.items())} on {len(y)} examples: "
+                    f"max |x_adv - x| = "
                     f"{moved:.3g} ({moved * 255:.3g}/255), {changed} top-1 outcome(s) changed"
                     + (
                         ""

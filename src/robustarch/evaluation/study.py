@@ -79,6 +79,7 @@ DATASET_KEYS = {
     "cache",
     "ground_truth",
     "allow_partial",
+    "verify",
 }
 MODEL_KEYS = {"name", "id", "weights", "overrides", "allow_pickle"}
 ATTACK_KEYS = {"attack", "profile"}  # plus the attack's own parameters
@@ -387,8 +388,9 @@ def load_study(
                 problems.add(where, f"cache must be true/false or a folder, got {cache!r}")
         if "ground_truth" in d:
             options["ground_truth"] = expand(where + " ground_truth", str(d["ground_truth"]))
-        if "allow_partial" in d:
-            options["allow_partial"] = _typed(problems, where, d, "allow_partial", bool, False)
+        for flag in ("allow_partial", "verify"):  # a partial copy; skip the official checksums
+            if flag in d:
+                options[flag] = _typed(problems, where, d, flag, bool, flag == "verify")
         attack_entries = _typed(problems, where, d, "attacks", list, default_attacks)
         try:
             resolve_attacks([str(a) for a in attack_entries], ds_name, attack_defs)
@@ -425,7 +427,7 @@ def load_study(
                 problems.add(mwhere, str(err))
             net_config = str(overrides.get("net_config", "["))
             if check_files and not net_config.startswith("[") and not Path(net_config).exists():
-                    problems.add(mwhere, f"net_config {overrides['net_config']} does not exist")
+                problems.add(mwhere, f"net_config {overrides['net_config']} does not exist")
             weights = _typed(problems, mwhere, m, "weights", str, None)
             if weights is not None:
                 weights = expand(mwhere + " weights", weights)
