@@ -110,6 +110,10 @@ class ModelSpec:
     # name of the study model this entry is an alternative of (e.g. a later revision of the reference code);
     # "" for the models the study itself evaluated
     variant_of: str = ""
+    # build() overrides giving a small, fast instance of the same layout family, for tests and smoke runs
+    # (e.g. {"width": 8}); must also supply any argument the builder cannot do without (the generic
+    # "densenas" entry's net_config). Tests over the registry build every entry with these.
+    quick_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, DatasetFamily]:

@@ -198,6 +198,7 @@ for _name, _method, _blocks, _file in _DEPTHS:
             normalization=cifar_normalization(CIFAR10_HUYVNPHAN_STATS),
             defaults={"*": {"block_config": _blocks, "stem": "cifar"}},
             key_rewrites=LEGACY_KEYS,
+            quick_overrides={"width": 4},
         )
     )
     register_model(
@@ -213,5 +214,6 @@ for _name, _method, _blocks, _file in _DEPTHS:
             normalization={"*": IMAGENET_STATS},
             defaults={"*": {"block_config": _blocks, "stem": "imagenet"}},
             key_rewrites=LEGACY_KEYS,
+            quick_overrides={"width": 4},
         )
     )

@@ -182,6 +182,7 @@ for _name, _method, _arch, _file in _DEPTHS:
             weights=HUYVNPHAN_CIFAR10_WEIGHTS.format(name=_name),
             normalization=_CIFAR_NORMALIZATION,
             defaults={"*": {**_arch, "stem": "cifar"}},
+            quick_overrides={"width": 8},
         )
     )
     register_model(
@@ -196,5 +197,6 @@ for _name, _method, _arch, _file in _DEPTHS:
             weights=_TV_URL.format(file=_file),
             normalization={"*": IMAGENET_STATS},
             defaults={"*": {**_arch, "stem": "imagenet"}},
+            quick_overrides={"width": 8},
         )
     )

@@ -162,5 +162,6 @@ for _name, _family, _arch, _ref, _weights, _variant_of in _VARIANTS:
             normalization=_CIFAR_NORMALIZATION if _family == "cifar" else {"*": IMAGENET_STATS},
             defaults={"*": _arch},
             variant_of=_variant_of,
+            quick_overrides={"width": 8},
         )
     )

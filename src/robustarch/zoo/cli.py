@@ -1,0 +1,55 @@
+"""``robustarch models [--dataset D]``: list the zoo."""
+
+from __future__ import annotations
+
+import argparse
+
+from robustarch.zoo._registry import DATASETS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the model zoo",
+        description="List the registered models: name, dataset family, family, parameters, reference.",
+    )
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="only models that build for this dataset")
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="hide alternatives the study did not use (e.g. vgg16_bn_head2021)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _param_count(name: str, dataset: str) -> str:
+    import torch
+
+    from robustarch.errors import RobustarchError
+    from robustarch.zoo import build, count_parameters
+
+    # the meta device allocates nothing, so even VGG16's 138M parameters are counted instantly
+    try:
+        with torch.device("meta"):
+            return f"{count_parameters(build(name, dataset)) / 1e6:.2f}"
+    except RobustarchError:  # an entry that needs arguments (the generic "densenas" needs net_config)
+        return "(args)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustarch.zoo import list_specs
+
+    representative = {"cifar": "cifar10", "imagenet": "imagenet"}
+    rows = []
+    for spec in list_specs(args.dataset, variants=not args.no_variants):
+        dataset = args.dataset or representative[spec.dataset_family]
+        rows.append((spec.name, dataset, spec.family, _param_count(spec.name, dataset), spec.reference))
+    header = ("name", "dataset", "family", "params (M)", "reference")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [
+            c.ljust(w) if i != 3 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        print("  ".join([*cells, row[-1]]))
+    return 0
