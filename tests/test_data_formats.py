@@ -319,3 +319,32 @@ def test_dataloader_workers_and_pickling(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)
     x = torch.cat([b[0] for b in loader])
     assert torch.equal((x * 255).round().to(torch.uint8), ds.uint8())
+
+
+def test_options_that_do_not_apply_are_errors(tmp_path):
+    for kw in ({"label": "CIFAR-10"}, {"image_size": 32}, {"ground_truth": "x.csv"}, {"download": True}):
+        with pytest.raises(RobustarchError, match=r"option\(s\) \w+ not applicable to cifar10-jpeg"):
+            rdata.load("cifar10-jpeg", tmp_path, **kw)
+    with pytest.raises(RobustarchError, match=r"md5 not applicable to fashion-mnist"):
+        rdata.load("fashion-mnist", tmp_path, md5={})
+
+
+def test_opt_in_download_fetches_and_checks_the_archive(c10, tmp_path, monkeypatch):
+    """The download path on a local file:// URL (tests never touch the network)."""
+    from test_data_helpers import md5
+
+    root, gen = c10
+    archive = tar_gz(root / "cifar-10-batches-py", tmp_path / "served.tar.gz")
+    release = cifar.RELEASES["cifar10"]
+    fake = dataclasses.replace(release, url=archive.as_uri(), archive_md5=md5(archive))
+    monkeypatch.setitem(cifar.RELEASES, "cifar10", fake)
+    target = tmp_path / "fresh"
+    with pytest.raises(rdata.DataLayoutError, match="download=True"):
+        rdata.load("cifar10", target)
+    ds, _ = rdata.load("cifar10", target, download=True)
+    assert (target / "cifar-10-python.tar.gz").is_file()
+    assert torch.equal(ds.uint8(), torch.from_numpy(gen["test_images"]))
+    monkeypatch.setitem(cifar.RELEASES, "cifar10", dataclasses.replace(fake, archive_md5="1" * 32))
+    with pytest.raises(rdata.ChecksumError, match="official md5 is 1111"):
+        rdata.load("cifar10", tmp_path / "other", download=True)
+    assert not (tmp_path / "other" / "cifar-10-python.tar.gz").exists()

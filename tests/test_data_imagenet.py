@@ -133,10 +133,14 @@ def test_flat_layout_with_kaggle_csv_matches_class_folders(imagenet, tmp_path):
         w.writerow(["ImageId", "PredictionString"])
         for number, wnid, _ in records:
             w.writerow([f"ILSVRC2012_val_{number:08d}", f"{wnid} 1 2 30 40 {wnid} 5 6 7 8"])
+    names = root / "flat" / "LOC_synset_mapping.txt"  # Kaggle's wnid -> names file, beside the images
+    names.write_text("".join(f"{w} name{k}, other\n" for k, w in enumerate(sorted({r[1] for r in records}))))
     try:
-        flat, _ = rdata.load("imagenet", root / "flat", allow_partial=True)
+        flat, spec = rdata.load("imagenet", root / "flat", allow_partial=True)
     finally:
         gt.unlink()
+        names.unlink()
+    assert spec.class_names[:2] == ("name0", "name1")
     assert flat.example_ids.tolist() == list(range(1000))  # sorted by val number
     assert _by_example(flat) == _by_example(folders)
     i_f, i_c = 123, folders.example_ids.tolist().index(123)

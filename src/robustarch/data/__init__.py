@@ -81,6 +81,24 @@ def load_split(
 
     info = dataset_info(dataset)
     split = info.canonical_split(split)
+    misplaced = [
+        name
+        for name, value, owner in (
+            ("ground_truth", ground_truth, ("imagenet",)),
+            ("image_size", image_size, ("imagefolder",)),
+            ("resize", resize, ("imagefolder",)),
+            ("label", label, ("imagefolder",)),
+            ("md5", md5, tuple(cifar.RELEASES)),
+        )
+        if value is not None and dataset not in owner
+    ]
+    if download and dataset not in cifar.RELEASES:
+        misplaced.append("download")
+    if misplaced:
+        raise DataError(
+            f"option(s) {', '.join(misplaced)} not applicable to {dataset} (its files and preprocessing are "
+            "fixed, and results on it are always labelled as that dataset)"
+        )
     root_str = root if root is not None else info.default_root
     if root_str is None:
         raise DataLayoutError(f"{dataset} needs a root folder (root=... / --root PATH)")
@@ -88,7 +106,7 @@ def load_split(
     if not root_path.exists() and not (download and dataset in cifar.RELEASES):
         raise DataLayoutError(f"{root_path} does not exist; {_layout(dataset, split)}")
     num_classes, image_size_out, class_names = info.num_classes, info.image_size, info.class_names
-    preprocessing, report_label = "uint8-as-released", label or info.label
+    preprocessing, report_label = "uint8-as-released", info.label
     if dataset in cifar.RELEASES:
         ds, names, fingerprint = cifar.load_cifar(
             dataset, root_path, split, verify=verify, md5=md5, download_missing=download
@@ -111,8 +129,6 @@ def load_split(
         ds, class_names, fingerprint = folders.load_imagefolder(root_path, split, pre)
         num_classes, image_size_out, preprocessing = len(class_names), size, pre.cache_id
         report_label = label or f"image folder {root_path.resolve().name}"
-    if dataset != "imagefolder" and (ground_truth is not None and dataset != "imagenet"):
-        raise DataError("ground_truth applies to imagenet only")
     _check_counts(dataset, split, ds, num_classes, info.per_class.get(split), allow_partial)
     spec = DatasetSpec(
         name=dataset,
