@@ -17,32 +17,28 @@ from conftest import shared_path
 from robustarch import zoo
 from robustarch.errors import RobustarchError, UnknownNameError
 from robustarch.zoo import densenas, genotypes
-from robustarch.zoo.darts import Cell, NetworkCIFAR
+from robustarch.zoo.darts import Cell, NetworkCIFAR, NetworkImageNet
 from robustarch.zoo.genotypes import Genotype
 from robustarch.zoo.operations import OPS, Identity, drop_path
 
-# Small widths/depths per model so every NAS entry builds and runs in well under a second.
-SMALL = {
-    "darts": {"C": 4, "layers": 4},
-    "pdarts": {"C": 4, "layers": 4},
-    "pc_darts": {"C": 4, "layers": 4},
-    "nsga_net": {"C": 4, "increment": 2, "layers": 4},
-}
-# The generic DenseNAS entry needs net_config=; it is tested with its own configs below.
-NEEDS_CONFIG = {"densenas"}
-
-NAS_SPECS = [s for s in zoo.list_specs() if s.family == "nas" and s.name not in NEEDS_CONFIG]
+NAS_SPECS = [s for s in zoo.list_specs() if s.family == "nas"]
 DATASET_OF = {"cifar": "cifar10", "imagenet": "imagenet"}
-AUX_SPECS = [s for s in NAS_SPECS if s.name in SMALL]
+# entries with an auxiliary head by default (DARTS family and NSGA-Net, as published)
+AUX_SPECS = [s for s in NAS_SPECS if s.arch_kwargs(DATASET_OF[s.dataset_family]).get("auxiliary")]
+CELL_NETS = sorted({s.name for s in AUX_SPECS})
 
 
 def _ids(specs):
     return [f"{s.name}-{s.dataset_family}" for s in specs]
 
 
-def _input(spec, n=2, seed=0):
+def _quick(name, dataset, **changes):
+    return {**zoo.get_spec(name, dataset).quick_overrides, **changes}
+
+
+def _input(net, n=2, seed=0):
     # DARTS-family ImageNet nets end in a fixed AvgPool2d(7) and need 224x224; the others pool adaptively
-    size = 224 if spec.dataset_family == "imagenet" and spec.name in SMALL else 32
+    size = 224 if isinstance(net, NetworkImageNet) else 32
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
@@ -133,14 +129,14 @@ def test_small_variant_training_contract(spec):
     head and gradients reach every parameter; eval mode returns one logits tensor."""
     dataset = DATASET_OF[spec.dataset_family]
     num_classes = zoo.DATASETS[dataset].num_classes
-    small = SMALL.get(spec.name, {})
+    small = spec.quick_overrides
     torch.manual_seed(0)
     net = zoo.build(spec.name, dataset, **small)
     if "layers" in small:
         assert len(net.cells) == small["layers"]
-    x = _input(spec)
+    x = _input(net)
     out = net.train()(x)
-    if spec.name in SMALL:  # DARTS family and NSGA-Net: auxiliary=True by default, as published
+    if spec in AUX_SPECS:
         assert isinstance(out, tuple) and len(out) == 2
         logits, logits_aux = out
         assert logits_aux.shape == (2, num_classes)
@@ -159,16 +155,16 @@ def test_small_variant_training_contract(spec):
 @pytest.mark.parametrize("spec", AUX_SPECS, ids=_ids(AUX_SPECS))
 def test_without_auxiliary_head_training_returns_logits(spec):
     dataset = DATASET_OF[spec.dataset_family]
-    plain = zoo.build(spec.name, dataset, **{**SMALL[spec.name], "layers": 3}, auxiliary=False).train()
+    plain = zoo.build(spec.name, dataset, **_quick(spec.name, dataset, layers=3, auxiliary=False)).train()
     assert not any("auxiliary" in k for k in plain.state_dict())
     with torch.no_grad():
-        assert isinstance(plain(_input(spec)), torch.Tensor)
+        assert isinstance(plain(_input(plain)), torch.Tensor)
 
 
 def test_imagenet_auxiliary_head_batchnorm_only_in_pdarts():
     keys = {
         name: set(zoo.build(name, "imagenet", C=8, layers=3).state_dict())
-        for name in SMALL
+        for name in CELL_NETS
         if name != "nsga_net"
     }
     assert "auxiliary_head.features.6.weight" in keys["pdarts"]
@@ -179,7 +175,7 @@ def test_imagenet_auxiliary_head_batchnorm_only_in_pdarts():
 @pytest.mark.parametrize(("name", "attr"), [("pdarts", "drop_path_prob"), ("nsga_net", "droprate")])
 def test_drop_path_acts_only_in_training(name, attr):
     torch.manual_seed(0)
-    net = zoo.build(name, "cifar10", **{**SMALL[name], "layers": 3}, auxiliary=False)
+    net = zoo.build(name, "cifar10", **_quick(name, "cifar10", layers=3, auxiliary=False))
     assert getattr(net, attr) == 0.0
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     net.eval()
@@ -223,9 +219,9 @@ def test_identity_edges_are_never_dropped():
 # ------------------------------------------------------------------------------------- small variants
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", CELL_NETS)
 def test_fashion_mnist_models_take_one_channel(name):
-    net = zoo.load(name, "fashion-mnist", **SMALL[name])
+    net = zoo.load(name, "fashion-mnist", **_quick(name, "fashion-mnist"))
     assert net.net.stem[0].in_channels == 1
     with torch.no_grad():
         assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)

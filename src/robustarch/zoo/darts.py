@@ -410,6 +410,7 @@ for _name, _m in _METHODS.items():
                 "fashion-mnist": {"auxiliary": False},
             },
             notes=_CIFAR_NOTES,
+            quick_overrides={"C": 4, "layers": 4},
         )
     )
     register_model(
@@ -434,5 +435,6 @@ for _name, _m in _METHODS.items():
                 else "The auxiliary head has no BatchNorm after its 768-channel conv "
                 "(commented out upstream)."
             ),
+            quick_overrides={"C": 4, "layers": 4},
         )
     )

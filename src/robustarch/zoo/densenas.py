@@ -410,6 +410,11 @@ def build_densenas(
 # --------------------------------------------------------------------------------------------------
 # registry entries
 
+# A tiny MobileNetV2-space config for smoke runs of the generic entry (not a published architecture).
+QUICK_NET_CONFIG = (
+    "[[16, 16], 'mbconv_k3_t1', [], 0, 1]|[[16, 24], 'mbconv_k3_t3', ['mbconv_k5_t3'], 1, 2]|"
+    "[[24, 32], 'mbconv_k3_t6', [], 0, 2]|[[32, 64], 'conv1_1']"
+)
 _REFERENCE = "JaminFong/DenseNAS@e479206f9d73808d4167c669bb1d045a73b6f470 models/model_derived.py"
 _WEIGHTS = (
     "authors' DenseNAS_modelzoo (JaminFong/DenseNAS README, Google Drive): one folder per model with "
@@ -456,6 +461,7 @@ for _id, _cfg_name, _note in (
             normalization={"*": (IMAGENET_MEAN, IMAGENET_STD)},
             defaults={},
             notes=_note + "; BatchNorm eps 1e-3 as in the reference.",
+            quick_overrides={},  # the published nets are small (4.8-6.1M parameters)
         )
     )
 
@@ -488,6 +494,7 @@ register_model(
         checkpoint_prefix="module.",
         normalization={"*": (IMAGENET_MEAN, IMAGENET_STD)},
         defaults={},
+        quick_overrides={"net_config": QUICK_NET_CONFIG},
         notes="Requires net_config= (string, net_config file, or the authors' model folder); net_type= "
         "('mbv2' | 'res') is read from the file or inferred. Builds DenseNAS-Large and R1-R3 from the "
         "authors' folders, whose configs are not public.",

@@ -122,6 +122,7 @@ register_model(
             "cifar100": {"C": 36, "increment": 6},
             "fashion-mnist": {"auxiliary": False},
         },
+        quick_overrides={"C": 4, "increment": 2, "layers": 4},
         notes="Widths differ per dataset, following the released checkpoints (README: CIFAR-10 2.43% error, "
         "1.97M params without the auxiliary head; CIFAR-100 14.42%, 4.1M). Normalization: the authors' "
         "CIFAR-10 statistics and, for CIFAR-100, those the study evaluated with. Fashion-MNIST (28x28) "

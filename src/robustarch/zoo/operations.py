@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from robustarch.errors import RobustarchError
+
 
 class Identity(nn.Identity):
     """``skip_connect`` at stride 1. Its own class because drop-path skips exactly these ops."""
@@ -118,7 +120,7 @@ class FactorizedReduce(nn.Module):
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         if C_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even output width, got {C_out}")
+            raise RobustarchError(f"FactorizedReduce needs an even output width, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
