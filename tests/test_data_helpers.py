@@ -19,6 +19,11 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def py2_style_pickle(obj: object) -> bytes:
+    """Protocol 2 with numpy's pre-2.0 module path, as in the release files (Python 2's cPickle)."""
+    return pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
 def balanced_labels(num_classes: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.repeat(np.arange(num_classes), per_class))
 
@@ -52,7 +57,7 @@ def write_cifar(
         else:
             d["fine_labels"] = labels.tolist()
             d["coarse_labels"] = (labels // 5).tolist()  # differs from the fine labels: must not be read
-        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
+        (folder / name).write_bytes(py2_style_pickle(d))
         return data.reshape(-1, 3, 32, 32)
 
     test_labels = balanced_labels(k, per_class, rng)
@@ -67,13 +72,13 @@ def write_cifar(
     out["train_images"], out["train_labels"] = np.concatenate(imgs), np.concatenate(labs)
     if c10:
         meta = {"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": 10000, "num_vis": 3072}
-        (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+        (folder / "batches.meta").write_bytes(py2_style_pickle(meta))
     else:
         meta = {
             "fine_label_names": [f"fine{i:02d}" for i in range(100)],
             "coarse_label_names": [f"coarse{i:02d}" for i in range(20)],
         }
-        (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+        (folder / "meta").write_bytes(py2_style_pickle(meta))
     out["md5"] = {p.name: md5(p) for p in folder.iterdir()}
     return out
 

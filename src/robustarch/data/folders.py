@@ -299,7 +299,7 @@ def load_imagenet(
         raise DataLayoutError(f"{folder} is not a folder; {IMAGENET_LAYOUT}")
     entries = sorted(os.listdir(folder))
     wnid_dirs = [e for e in entries if WNID_RE.fullmatch(e) and (folder / e).is_dir()]
-    flat = [e for e in entries if (folder / e).is_file() and not e.startswith(".")]
+    flat = [e for e in entries if (folder / e).is_file()]  # hidden ones are logged by _check_names
     other_dirs = [
         e for e in entries if (folder / e).is_dir() and e not in wnid_dirs and not e.startswith(".")
     ]
@@ -308,7 +308,7 @@ def load_imagenet(
         looked = f"{root / split} nor {root}" if folder == root else str(folder)
         raise DataLayoutError(f"neither {looked} holds ImageNet images; {IMAGENET_LAYOUT}")
     if wnid_dirs:
-        if other_dirs or [f for f in flat if _is_image(f)]:
+        if other_dirs or [f for f in flat if _is_image(f) and not f.startswith(".")]:
             raise DataLayoutError(
                 f"{folder} mixes class folders with {(other_dirs + flat)[:3]}; {IMAGENET_LAYOUT}"
             )
