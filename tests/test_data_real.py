@@ -62,3 +62,9 @@ def test_cifar10_jpeg_cached_second_pass_decodes_nothing(tmp_path, monkeypatch):
     second, _ = rdata.load("cifar10-jpeg", root, subset="balanced:500:3", cache=tmp_path)
     assert calls == [] and torch.equal(second.uint8(), expected) and torch.equal(first.uint8(), expected)
     assert second.class_counts(10) == [50] * 10
+
+
+def test_cifar10_jpeg_train_split_counts():
+    ds, spec, _ = rdata.load_split("cifar10-jpeg", shared_path("data", "cifar10-jpeg"), "train")
+    assert spec.n == 50000 and ds.class_counts(10) == [5000] * 10 and not ds.is_decoded
+    assert ds.location(0).endswith("train.zip:train/airplane/0000.jpg")
