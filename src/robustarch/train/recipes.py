@@ -68,6 +68,12 @@ class Recipe:
         """A copy with some fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def scaled_to_batch(self, batch_size: int) -> Recipe:
+        """The recipe at another global batch size, with the learning rate scaled linearly (Goyal et al.,
+        2017, "Accurate, Large Minibatch SGD"), so that e.g. DenseNAS's lr 0.5 at batch 1024 stays stable
+        at a small batch."""
+        return replace(self, batch_size=batch_size, lr=self.lr * batch_size / self.batch_size)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -475,7 +475,13 @@ def resolve_recipe(config: TrainConfig, method: str, family: str, dataset_family
             config.dataset,
             dataset_family,
         )
-    recipe = base.with_overrides(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
+    recipe = base.with_overrides(epochs=config.epochs)
+    if config.batch_size is not None and config.batch_size != base.batch_size:
+        recipe = recipe.scaled_to_batch(config.batch_size)
+        if config.lr is None:
+            log.info("batch %d instead of %d: learning rate scaled linearly to %.4g",
+                     recipe.batch_size, base.batch_size, recipe.lr)  # fmt: skip
+    recipe = recipe.with_overrides(lr=config.lr)
     if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0:
         raise RobustarchError("epochs and batch size must be >= 1 and the learning rate > 0")
     return recipe
@@ -568,6 +574,7 @@ def train(config: TrainConfig) -> TrainResult:
             "mean": model.mean.flatten().tolist(),
             "std": model.std.flatten().tolist(),
         }
+        meta = json.loads(json.dumps(meta))  # plain types only (torch.__version__ is a str subclass)
         zoo.save_checkpoint(net, path, metadata=meta)
         summary = {**meta, "weights": str(path), "history": history, "wall_s": time.perf_counter() - t0}
         (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
