@@ -219,6 +219,12 @@ def test_identity_edges_are_never_dropped():
 # ------------------------------------------------------------------------------------- small variants
 
 
+def test_imagenet_cell_network_rejects_other_input_sizes():
+    net = zoo.build("darts", "imagenet", **_quick("darts", "imagenet")).eval()
+    with torch.no_grad(), pytest.raises(RobustarchError, match="224x224"):
+        net(torch.rand(1, 3, 256, 256))
+
+
 @pytest.mark.parametrize("name", CELL_NETS)
 def test_fashion_mnist_models_take_one_channel(name):
     net = zoo.load(name, "fashion-mnist", **_quick(name, "fashion-mnist"))

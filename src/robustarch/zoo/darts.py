@@ -171,6 +171,7 @@ class _CellNetwork(nn.Module):
 
     _layers: int
     _auxiliary: bool
+    _final_map: tuple[int, int] | None = None  # spatial size the classifier's pooling requires, if fixed
     cells: nn.ModuleList
     global_pooling: nn.Module
     classifier: nn.Linear
@@ -189,6 +190,12 @@ class _CellNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, drop_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
+        if self._final_map is not None and tuple(s1.shape[-2:]) != self._final_map:
+            # the fixed AvgPool2d(7) would silently pool only a corner of a larger map
+            raise RobustarchError(
+                f"{type(self).__name__} needs 224x224 inputs (the final map must be 7x7 for its fixed "
+                f"AvgPool2d(7)); got {tuple(x.shape[-2:])} inputs and a {tuple(s1.shape[-2:])} map"
+            )
         logits = self.classifier(self.global_pooling(s1).flatten(1))
         if logits_aux is not None:
             return logits, logits_aux
@@ -294,6 +301,7 @@ class NetworkImageNet(_CellNetwork):
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_to_auxiliary, num_classes, bn_after_768=aux_head_bn)
         self.global_pooling = nn.AvgPool2d(7)
+        self._final_map = (7, 7)
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
