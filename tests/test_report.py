@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from conftest import shared_path
 from robustarch.errors import RobustarchError
 from robustarch.report import build_report, cli, collect
 from robustarch.report.figures import draw
@@ -728,3 +729,46 @@ def test_cli(tmp_path, capsys):
     Store(empty).close()
     with pytest.raises(RobustarchError, match="no complete runs"):
         _cli("--store", str(empty), "--out", str(tmp_path / "x"))
+
+
+@pytest.mark.slow
+@pytest.mark.needs_shared
+def test_report_of_a_real_study(tmp_path):
+    """The whole pipeline: a study on real CIFAR-10 JPEGs with two small zoo models and the paper preset,
+    then the report; its cells are the engine's stored aggregates, labelled CIFAR-10 (JPEG q75)."""
+    from robustarch.cli import main  # the whole CLI: every part must import
+
+    root = shared_path("data", "cifar10-jpeg")
+    study = tmp_path / "study.toml"
+    study.write_text(
+        f"""[study]
+name = "report-e2e"
+store = "s.sqlite"
+device = "cpu"
+batch_size = 8
+attacks = ["preset:paper"]
+
+[[datasets]]
+name = "cifar10-jpeg"
+root = "{root}"
+limit = 8
+models = [
+  {{ name = "resnet18", overrides = {{ width = 4 }} }},
+  {{ name = "darts", overrides = {{ C = 4, layers = 3, auxiliary = false }} }},
+]
+""",
+        encoding="utf-8",
+    )
+    assert main(["study", "run", str(study), "--no-progress"]) == 0
+    written = build_report(tmp_path / "s.sqlite", tmp_path / "out", ("csv", "md"))
+    with Store(tmp_path / "s.sqlite") as store:
+        runs = {r.run_id: r for r in store.results()}
+    records = [r for r in _cells(written) if r["column"] != "worst"]
+    assert {r["run_ids"] for r in records} == set(runs)
+    for rec in records:
+        run = runs[rec["run_ids"]]
+        acc = run.clean_top1 if rec["column"] == "clean" else run.adv_top1
+        assert float(rec["value_pct"]) == pytest.approx(100 * acc, abs=1e-5)
+        assert rec["dataset_label"] == "CIFAR-10 (JPEG q75)" and rec["paper_dataset"] == "cifar10"
+        assert rec["paper_printed"]  # the paper preset is the paper's setting: its CIFAR-10 value is beside
+    assert "CIFAR-10 (JPEG q75)" in written["md"].read_text(encoding="utf-8")
