@@ -609,6 +609,12 @@ def test_latex_and_provenance(built):
     assert "CIFAR-10 (JPEG q75)" in tex and r"$\Delta$" in tex and "$^\\ddagger$" in tex
     prov = list(csv.DictReader((written["csv"].parent / "provenance.csv").open(encoding="utf-8")))
     assert {p["Run"] for p in prov} == set(truth.runs) - truth.incomplete
+    for rec in _cells(written):  # every cell carries its runs' provenance
+        assert rec["weights_hash"] == " | ".join(
+            dict.fromkeys(f"w-{rec['model']}" for _ in rec["run_ids"].split())
+        )
+        assert rec["code_revision"] == "abc1234" and '"torch":"2.13.0"' in rec["versions"]
+        assert rec["dtype"] == "float32" and rec["device"] == "cpu" and rec["seed"] == "0"
     for p in prov:
         assert (
             p["Weights"].startswith("w-") and '"torch":"2.13.0"' in p["Versions"] and p["Code"] == "abc1234"

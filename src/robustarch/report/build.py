@@ -134,7 +134,7 @@ def write(report: Report, out: Path, formats: Sequence[str] = FORMATS) -> dict[s
         folder = out / "csv"
         folder.mkdir(exist_ok=True)
         written["csv"] = folder / "cells.csv"
-        render.write_csv(written["csv"], render.CELL_FIELDS, render.cell_records(report.tables))
+        render.write_csv(written["csv"], render.CELL_FIELDS, render.cell_records(report.tables, report.runs))
         for t in report.tables:
             render.write_csv(folder / f"{t.id}.csv", *_wide_rows(t))
         dn = render.dnha_records(report.dnha)

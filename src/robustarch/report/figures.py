@@ -100,7 +100,8 @@ def figure1_specs(tables: list[Table]) -> list[dict[str, Any]]:
             {
                 "id": f"fig1-dnha-{suffix}",
                 "title": f"Figure 1: DNHA = max(NAS) - max(handcrafted), {METRIC_LABEL[metric]} accuracy, "
-                f"profile {profile!r}" + (" (emulated normalized inputs)" if emulate else ""),
+                + ("from the paper's tables" if all(t.published for t in group) else f"profile {profile!r}")
+                + (" (emulated normalized inputs)" if emulate else ""),
                 "panels": [
                     {
                         "title": "",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -371,11 +370,37 @@ CELL_FIELDS = [
     "source",
     "run_ids",
     "flags",
+    "subset",
+    "weights_hash",
+    "seed",
+    "dtype",
+    "device",
+    "versions",
+    "code_revision",
 ]
 
 
-def cell_records(tables: Sequence[Table]) -> list[dict[str, Any]]:
-    """Every table cell in long form: one record per (table, row, column, metric)."""
+def _provenance(run_ids: Sequence[str], runs_by_id: dict[str, RunResult]) -> dict[str, str]:
+    """The provenance fields of the runs behind a cell (values joined with " | " where runs differ)."""
+    runs = [runs_by_id[r] for r in run_ids if r in runs_by_id]
+
+    def join(values: Iterable[str]) -> str:
+        return " | ".join(dict.fromkeys(values))
+
+    return {
+        "subset": join(r.subset for r in runs),
+        "weights_hash": join(r.weights_hash for r in runs),
+        "seed": join(str(r.seed) for r in runs),
+        "dtype": join(r.dtype for r in runs),
+        "device": join(r.device for r in runs),
+        "versions": join(canonical_json(r.meta.get("versions", {})) for r in runs),
+        "code_revision": join(str(r.meta.get("code_revision", "")) for r in runs),
+    }
+
+
+def cell_records(tables: Sequence[Table], runs: Sequence[RunResult] = ()) -> list[dict[str, Any]]:
+    """Every table cell in long form: one record per (table, row, column, metric), with its provenance."""
+    runs_by_id = {r.run_id: r for r in runs}
     out = []
     for t in tables:
         for row in t.rows:
@@ -418,6 +443,7 @@ def cell_records(tables: Sequence[Table]) -> list[dict[str, Any]]:
                             "source": cell.source,
                             "run_ids": " ".join(cell.run_ids),
                             "flags": "; ".join(f"{f.run_id}:{f.check}={f.status}" for f in cell.flags),
+                            **_provenance(cell.run_ids, runs_by_id),
                         }
                     )
     return out
@@ -595,11 +621,3 @@ def write_html(
         )
     out.append(f"<script>{_SCRIPT}</script></body></html>")
     path.write_text("\n".join(out), encoding="utf-8")
-
-
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
