@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import torch
 
 from conftest import SHARED, shared_path
 from robustarch import zoo
-from robustarch.zoo.fill import conformance_logits, fill_input, fill_values
+from robustarch.zoo.fill import conformance_logits, empty_float64, fill_input, fill_values
 
 CONFORMANCE = SHARED / "conformance"
 RELATIVE_TOLERANCE = 1e-8
@@ -40,6 +41,16 @@ def _index_entries() -> list:
 
 
 ENTRIES = _index_entries()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # one OpenMP thread: float64 inference at batch 2 gains little from a second one, and on a busy 2-core
+    # machine a second thread turns every op into a barrier wait (measured: 5 min vs 1.5 min for this file)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _fixture(entry: dict | None) -> dict:
@@ -83,7 +94,7 @@ def test_state_dict_layout_and_parameter_counts(entry: dict | None) -> None:
 def test_logits_under_the_fill_rule(entry: dict | None) -> None:
     fixture = _fixture(entry)
     rule = fixture["rule"]
-    net = zoo.build(fixture["model"], fixture["dataset"])
+    net = empty_float64(lambda: zoo.build(fixture["model"], fixture["dataset"]))
     got = conformance_logits(net, fixture["input_shape"], rule["salt"], rule["input_offset"])
     ref = torch.tensor(fixture["logits"], dtype=torch.float64)
     assert got.shape == ref.shape == (2, fixture["num_classes"])
