@@ -153,11 +153,16 @@ def run_train(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from robustarch.train.demo import run_demo as demo
 
-    demo(
-        out=args.out,
-        quick=args.quick,
-        data_root=args.data_root,
-        device=args.device,
+    summary = demo(
+        out=args.out, quick=args.quick, data_root=args.data_root, device=args.device,
         progress=not args.no_progress,
-    )
+    )  # fmt: skip
+    print(f"\nrobustarch demo ({summary['mode']}) finished in {summary['wall_seconds']:.0f} s "
+          f"(train {summary['train_seconds']:.0f} s, attacks {summary['evaluate_seconds']:.0f} s, "
+          f"report {summary['report_seconds']:.0f} s)")  # fmt: skip
+    for name, m in summary["models"].items():
+        print(f"  {name:10s} clean accuracy {100 * m['clean_accuracy']:5.1f}% on {m['n_test']} Fashion-MNIST "
+              f"test images ({m['recipe']})")  # fmt: skip
+    report = summary["report"].get("html") or summary["report"].get("md")
+    print(f"report: {report}")
     return 0
