@@ -73,7 +73,14 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
             status, detail = "warn", "outputs look like probabilities (in [0,1], summing to 1), not logits"
         store.add_flag(clean_run.run_id, "deterministic_forward", status, diff, detail)
 
-    stored = {r.run_id: store.examples(r.run_id)[: len(y)] for r in job.runs if not r.is_clean}
+    # chunk 0's stored outcomes in chunk order (the store orders by example id; a subset read from an id
+    # file keeps the file's order)
+    ids0 = job.data.example_ids[start:stop]
+    stored = {}
+    for r in job.runs:
+        if not r.is_clean:
+            by_id = {o.example_id: o for o in store.examples(r.run_id)}
+            stored[r.run_id] = [by_id[i] for i in ids0]
     for r in job.runs:
         if r.is_clean:
             continue

@@ -489,13 +489,14 @@ def _engine(
 def study_status(study: Study, store_path: str | None = None) -> list[JobStatus]:
     """What is done: per (dataset, model, attack) the committed chunks of its run. Loads data listings and
     models (to identify their weights) but computes nothing."""
-    store = Store(store_path or study.store)
-    engine = _engine(study, store, device="cpu" if study.device == "auto" else study.device)
+    path = Path(store_path or study.store)
+    store = Store(path if path.exists() else ":memory:")  # status creates no store file
+    engine = _engine(study, store)  # the device type the run would use: it is part of the run ids
     rows = []
     for ds in study.datasets:
         data = ds.load()
         for m in ds.models:
-            job = engine.plan(data, m.source(), study.attack_plans(ds), register=False)
+            job = engine.plan(data, m.source(), study.attack_plans(ds), register=False, load=False)
             for r in job.runs:
                 done = len(store.committed_chunks(r.run_id))
                 complete = bool(store.results(run_id=r.run_id, complete=True))
@@ -528,15 +529,23 @@ def run_study(study: Study, store_path: str | None = None, *, progress: bool = T
     run_ids: list[str] = []
     try:
         loaded: list[tuple[StudyDataset, DataSource]] = [(ds, ds.load()) for ds in study.datasets]
+        if bar is not None:
+            # the whole study's remaining work up front, so the ETA covers it (a weights file is hashed,
+            # not loaded; a random initialisation is built to be identified)
+            bar.total = sum(
+                engine.work_units(engine.plan(data, m.source(), plans, register=False, load=False))
+                for ds, data in loaded
+                for plans in [study.attack_plans(ds)]
+                for m in ds.models
+            )
+            bar.refresh()
         for ds, data in loaded:
             plans = study.attack_plans(ds)
             for m in ds.models:
                 job: ModelJob = engine.plan(data, m.source(), plans, extra_meta={"study": study.name})
                 run_ids += [r.run_id for r in job.runs]
                 if bar is not None:
-                    bar.total = (bar.total or 0) + engine.work_units(job)
                     bar.set_description(f"{ds.name}/{m.id}")
-                    bar.refresh()
                 engine.run(job)
                 ctx.barrier()
                 if ctx.rank == 0:
