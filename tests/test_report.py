@@ -22,6 +22,7 @@ from robustarch.errors import RobustarchError
 from robustarch.report import build_report, cli, collect
 from robustarch.report.figures import draw
 from robustarch.report.paper import paper_value
+from robustarch.report.tables import architecture_family
 from robustarch.store import ExampleOutcome, RunKey, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,6 +387,9 @@ def test_table_layout(built):
     # densenas_b has no clean run: its clean column is its attack run's clean pass
     b = next(r for r in main["imagenet"].rows if r.model == "densenas_b")
     assert b.cells["clean"].source.startswith("clean pass")
+    # families group sizes of one architecture: the paper's grouping, else the method without its depth
+    assert architecture_family("densenet169", "DenseNet-169") == "DenseNet"
+    assert architecture_family("wide_resnet_28", "WRN-28") == "WRN"
     families = [t for t in report.tables if t.kind == "family"]
     dn = next(t for t in families if t.dataset == "imagenet" and "DenseNAS" in t.title)
     assert [r.model for r in dn.rows] == ["densenas_a", "densenas_b", "densenas_r1"]  # by parameter count
@@ -644,6 +648,18 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _page_state(html: Path, console_ok: bool = False) -> tuple[int, int, str]:
+    """(figures, figures displayed, ready) as the page's own script marked them in the DOM; asserts that
+    the browser printed no console message (errors, blocked loads) unless ``console_ok``."""
+    done = _browse(html, "--dump-dom", "--virtual-time-budget=5000")
+    assert done.returncode == 0, done.stderr[-2000:]
+    if not console_ok:
+        assert [line for line in done.stderr.splitlines() if ":CONSOLE" in line] == []
+    body = re.search(r"<body[^>]*>", done.stdout).group(0)
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
+    return int(attrs["figures-total"]), int(attrs["figures-ok"]), attrs["report-ready"]
+
+
 def _browse(html: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
         _chromium(),
@@ -674,14 +690,19 @@ def test_html_in_a_headless_browser(built, tmp_path):
     )
     assert len(re.findall(r":CONSOLE", _browse(bad, "--dump-dom").stderr)) >= 2
 
-    done = _browse(written["html"], "--dump-dom", "--virtual-time-budget=5000")
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
-    assert console == []
-    body = re.search(r"<body[^>]*>", done.stdout).group(0)
     n_specs = len(list((out / "figures").glob("*.json")))
-    assert f'data-figures-total="{n_specs}"' in body and f'data-figures-ok="{n_specs}"' in body, body
-    assert 'data-report-ready="yes"' in body
+    assert _page_state(written["html"]) == (n_specs, n_specs, "yes")
+    # the figure check can fail too: a figure whose data is damaged is counted as not displayed
+    broken = tmp_path / "broken.html"
+    page = written["html"].read_text(encoding="utf-8")
+    broken.write_text(
+        page.replace("data:image/svg+xml;base64,", "data:image/svg+xml;base64,AAAA", 1), "utf-8"
+    )
+    assert _page_state(broken, console_ok=True) == (n_specs, n_specs - 1, "no")
+    # the paper-only report displays as well
+    paper = build_report(None, tmp_path / "paper", ("html",), paper_only=True)
+    n_paper = len(list((tmp_path / "paper" / "figures").glob("*.json")))
+    assert _page_state(paper["html"]) == (n_paper, n_paper, "yes")
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report_screenshot.png"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -430,12 +431,18 @@ def _model_rank(model: str) -> int:
     return models.index(model) if model in models else len(models)
 
 
+def architecture_family(model: str, method: str) -> str:
+    """The family a model's size varies within: the paper's grouping for its models (ResNet-18/50,
+    DenseNet-121/169, the DenseNAS variants), else the stored method without a trailing depth."""
+    return model_info(model).get("method") or re.sub(r"-\d+$", "", method)
+
+
 def _family_tables(main: Table) -> list[Table]:
     """One table per architecture method with two or more members, rows in increasing parameter count
     (the paper's Table 4 for DenseNAS)."""
     by_method: dict[str, list[Row]] = defaultdict(list)
     for row in main.rows:
-        by_method[row.method].append(row)
+        by_method[architecture_family(row.model, row.method)].append(row)
     out = []
     for method, rows in sorted(by_method.items()):
         if len({r.model for r in rows}) < 2:
