@@ -611,6 +611,7 @@ def test_latex_and_provenance(built):
     tex = written["tex"].read_text(encoding="utf-8")
     assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 5 and r"\midrule" in tex
     assert "CIFAR-10 (JPEG q75)" in tex and r"$\Delta$" in tex and "$^\\ddagger$" in tex
+    assert tex.isascii() and r"Worst case (eps \textless{}= 8/255)" in tex  # every symbol escaped
     prov = list(csv.DictReader((written["csv"].parent / "provenance.csv").open(encoding="utf-8")))
     assert {p["Run"] for p in prov} == set(truth.runs) - truth.incomplete
     for rec in _cells(written):  # every cell carries its runs' provenance

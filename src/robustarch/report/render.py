@@ -286,6 +286,8 @@ _TEX = {
     "⚠": r"$^\dagger$",
     "✗": r"$^\ddagger$",
     "–": "--",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
 }
 
 
