@@ -13,6 +13,7 @@ import json
 import math
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ import torch
 from conftest import SHARED, shared_path
 from robustarch import zoo
 from robustarch.zoo.fill import conformance_logits, empty_float64, fill_input, fill_values
+from robustarch.zoo.fill import main as fill_main
 
 CONFORMANCE = SHARED / "conformance"
 RELATIVE_TOLERANCE = 1e-8
@@ -216,3 +218,21 @@ def test_cifar100_logits_extend_cifar10_logits_under_another_salt(name: str) -> 
     assert c10.shape == (2, 10) and c100.shape == (2, 100)
     torch.testing.assert_close(c100[:, :10], c10, rtol=0, atol=1e-10 * max(1.0, c10.abs().max().item()))
     assert not torch.allclose(c10, public), "salt/offset had no effect"
+
+
+def test_fixture_checker_flags_tampered_fixtures(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m robustarch.zoo.fill DIR`` (used for held-out fixture sets) passes a true fixture and fails
+    one whose logits moved by 1e-7 relative, or whose layout lost a key."""
+    fixture = json.loads(shared_path("conformance", "cifar10", "resnet18.json").read_text())
+    (tmp_path / "good.json").write_text(json.dumps(fixture))
+    moved = json.loads(json.dumps(fixture))
+    moved["logits"][1][3] *= 1 + 1e-7
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    lost = json.loads(json.dumps(fixture))
+    lost["state_dict"] = lost["state_dict"][:-1]
+    (tmp_path / "lost.json").write_text(json.dumps(lost))
+    assert fill_main([str(tmp_path / "good.json")]) == 0
+    assert fill_main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "moved.json" in out and "lost.json: layout False" in out
+    assert "1/3 fixtures match" in out

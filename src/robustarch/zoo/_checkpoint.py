@@ -116,6 +116,8 @@ def extract_state_dict(
 def _strip_prefixes(keys: list[str], expected: set[str], prefixes: Iterable[str]) -> str:
     """The longest chain of wrapper prefixes that every key carries and the network's own keys do not."""
     chain = ""
+    if not keys:
+        return chain
     prefixes = [p for p in dict.fromkeys(prefixes) if p]
     changed = True
     while changed:

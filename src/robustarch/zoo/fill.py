@@ -149,3 +149,62 @@ def conformance_logits(
     model.eval()
     out = model(fill_input(input_shape, offset))
     return out[0] if isinstance(out, tuple) else out
+
+
+def check_fixture(fixture: dict) -> dict:
+    """Compare the zoo's network with one conformance fixture (the README's JSON object), under the SALT and
+    INPUT_OFFSET the fixture records. Returns ``layout_ok``, ``params_ok``, ``max_abs_err``, ``tolerance``
+    and ``ok``."""
+    from robustarch import zoo
+
+    name, dataset = fixture["model"], fixture["dataset"]
+    with torch.device("meta"):
+        meta_net = zoo.build(name, dataset)
+    ours = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in meta_net.state_dict().items()}
+    layout_ok = ours == {k: (shape, dtype) for k, shape, dtype in fixture["state_dict"]}
+    params_ok = zoo.count_parameters(meta_net) == fixture["params_total"]
+    rule = fixture["rule"]
+    net = empty_float64(lambda: zoo.build(name, dataset))
+    got = conformance_logits(net, fixture["input_shape"], rule["salt"], rule["input_offset"])
+    ref = torch.tensor(fixture["logits"], dtype=torch.float64)
+    err = (got - ref).abs().max().item() if got.shape == ref.shape else math.inf
+    tol = 1e-8 * max(1.0, ref.abs().max().item())
+    return {
+        "layout_ok": layout_ok,
+        "params_ok": params_ok,
+        "max_abs_err": err,
+        "tolerance": tol,
+        "ok": layout_ok and params_ok and err <= tol,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m robustarch.zoo.fill DIR_OR_JSON...``: check conformance fixtures (e.g. a held-out set
+    written with another SALT / INPUT_OFFSET) against the zoo; exit status 1 if any fails."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m robustarch.zoo.fill", description=main.__doc__)
+    parser.add_argument("paths", nargs="+", type=Path, help="fixture JSON files or directories holding them")
+    args = parser.parse_args(argv)
+    files = sorted(
+        f
+        for p in args.paths
+        for f in (p.rglob("*.json") if p.is_dir() else [p])
+        if f.name not in ("index.json", "architectures.json")
+    )
+    failures = 0
+    for f in files:
+        result = check_fixture(json.loads(f.read_text()))
+        failures += not result["ok"]
+        print(
+            f"{'ok  ' if result['ok'] else 'FAIL'} {f}: layout {result['layout_ok']}, params "
+            f"{result['params_ok']}, max|err| {result['max_abs_err']:.3e} (tol {result['tolerance']:.3e})"
+        )
+    print(f"{len(files) - failures}/{len(files)} fixtures match")
+    return 1 if failures or not files else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
