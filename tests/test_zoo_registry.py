@@ -159,3 +159,6 @@ def test_cli_lists_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(rows) == set(zoo.list_models("imagenet"))
     assert rows["vgg16_bn"][1:4] == ["imagenet", "handcrafted", "138.37"]
     assert "pytorch/vision@f122815" in " ".join(rows["resnet50"])
+    args = parser.parse_args(["models", "--dataset", "cifar-10"])
+    with pytest.raises(UnknownNameError, match="Did you mean 'cifar10'"):
+        args.func(args)

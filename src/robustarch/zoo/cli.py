@@ -13,7 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the model zoo",
         description="List the registered models: name, dataset family, family, parameters, reference.",
     )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), help="only models that build for this dataset")
+    parser.add_argument(
+        "--dataset",
+        metavar="D",
+        help=f"only models that build for this dataset ({', '.join(sorted(DATASETS))})",
+    )
     parser.add_argument(
         "--no-variants",
         action="store_true",
@@ -38,6 +42,10 @@ def _param_count(name: str, dataset: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from robustarch.zoo import list_specs
+    from robustarch.zoo._registry import dataset_shape
+
+    if args.dataset is not None:
+        dataset_shape(args.dataset)  # unknown names raise UnknownNameError with close names
 
     representative = {"cifar": "cifar10", "imagenet": "imagenet"}
     rows = []
