@@ -108,6 +108,15 @@ def test_dataparallel_prefix_and_wrapped_dicts(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.pt"
         torch.save(obj, path)
         assert torch.equal(_logits(path, x), logits), name
+    # a model folder holding one weight file (the DenseNAS distribution: net_config + weights.pt)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    torch.save(prefixed, folder / "weights.pt")
+    (folder / "net_config").write_text("...")
+    assert torch.equal(_logits(folder, x), logits)
+    torch.save(state, folder / "other.pth")
+    with pytest.raises(RobustarchError, match=r"exactly one weight file in it, found other.pth, weights.pt"):
+        _logits(folder, x)
 
 
 def test_spec_prefix_and_key_rewrites() -> None:

@@ -120,8 +120,8 @@ def load(
     mean, std = spec.mean_std(dataset)
     pad_to = spec.input_size if shape.input_size < spec.input_size else None
     model = Normalized(net, mean, std, pad_to=pad_to)
-    model.spec = spec  # type: ignore[assignment]  # for reports: which entry this is
-    model.checkpoint_metadata = metadata  # type: ignore[assignment]
+    model.spec = spec
+    model.checkpoint_metadata = metadata
     return model.eval()
 
 

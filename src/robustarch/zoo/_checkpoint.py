@@ -70,6 +70,14 @@ def read_checkpoint(
     """Read ``path`` and return ``(state_dict, metadata)``; ``metadata`` is ``{}`` for files not written by
     :func:`save_checkpoint`. Never executes pickled code unless ``allow_pickle=True``."""
     path = Path(path)
+    if path.is_dir():  # a model folder as the authors distribute them (DenseNAS: net_config + weights.pt)
+        candidates = sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth", ".tar", ".ckpt"))
+        if len(candidates) != 1:
+            found = ", ".join(p.name for p in candidates) or "none"
+            raise RobustarchError(
+                f"{path} is a folder; expected exactly one weight file in it, found {found}"
+            )
+        path = candidates[0]
     if not path.is_file():
         raise RobustarchError(f"checkpoint file not found: {path}")
     try:

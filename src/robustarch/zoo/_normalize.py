@@ -7,6 +7,7 @@ in pixel space, the most common source of wrong robustness numbers otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,9 @@ class Normalized(nn.Module):
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
         self.pad_to = pad_to
+        # set by robustarch.zoo.load: the registry entry, and the metadata of the checkpoint loaded (if any)
+        self.spec: Any = None
+        self.checkpoint_metadata: dict[str, Any] = {}
 
     @property
     def in_channels(self) -> int:
