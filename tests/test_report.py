@@ -21,7 +21,7 @@ from conftest import shared_path
 from robustarch.errors import RobustarchError
 from robustarch.report import build_report, cli, collect
 from robustarch.report.figures import draw
-from robustarch.report.paper import paper_value
+from robustarch.report.paper import model_info, paper_value
 from robustarch.report.tables import architecture_family
 from robustarch.store import ExampleOutcome, RunKey, Store
 
@@ -521,8 +521,20 @@ def test_dnha_rows_from_the_store(built):
             for f in ("nas", "handcrafted")
         }
         assert float(d["dnha_pp"]) == pytest.approx(best["nas"] - best["handcrafted"], abs=1e-5)
+        # both models saw the same examples: the interval is paired, from the 2x2 table of outcomes
+        label_of = {r["model"]: model_info(r["model"])["label"] for r in runs}
+        (nas,) = [r for r in runs if label_of[r["model"]] == d["nas_model"]]
+        (hand,) = [r for r in runs if label_of[r["model"]] == d["hand_model"]]
+        attr = f"{key}_correct{m}"
+        pairs = [
+            (getattr(a, attr), getattr(b, attr))
+            for a, b in zip(nas["outcomes"], hand["outcomes"], strict=True)
+        ]
+        b, c, n = pairs.count((True, False)) + 0.5, pairs.count((False, True)) + 0.5, len(pairs) + 2
+        half = 1.959963984540054 * math.sqrt((b + c) - (b - c) ** 2 / n) / n
         lo, hi = float(d["ci_lo_pp"]), float(d["ci_hi_pp"])
-        assert lo <= float(d["dnha_pp"]) <= hi
+        assert d["ci_method"] == "paired (Agresti-Min)"
+        assert (lo, hi) == pytest.approx((100 * ((b - c) / n - half), 100 * ((b - c) / n + half)), abs=1e-5)
         assert d["exceeds_uncertainty"] == ("yes" if lo > 0 or hi < 0 else "no")
         # the paper's DNHA sits beside ours only for the paper's own attack settings
         paper = {
@@ -539,6 +551,12 @@ def test_dnha_rows_from_the_store(built):
             assert float(d["paper_dnha_pp"]) == pytest.approx(want, abs=1e-6)
         checked += 1
     assert checked >= 12
+    # the JPEG table's worst case is a minimum over runs on different examples: no pairing possible
+    jpeg_worst = [d for d in rows if d["dataset"] == "cifar10-jpeg" and d["column"] == "worst"]
+    assert jpeg_worst and all(d["ci_method"] == "unpaired (Newcombe)" for d in jpeg_worst)
+    assert any(d["exceeds_uncertainty"] == "yes" for d in rows) and any(
+        d["exceeds_uncertainty"] == "no" for d in rows
+    )
 
 
 def _artist_data(fig):

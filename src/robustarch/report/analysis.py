@@ -7,11 +7,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 
 from robustarch.report.paper import PAPER_COUNTERPART, matches_paper_setting
-from robustarch.report.tables import CLEAN, WORST, Row, Table
+from robustarch.report.tables import CLEAN, WORST, Cell, Row, Table
+from robustarch.store._types import Z95
 
 
 @dataclass(frozen=True)
@@ -19,10 +21,13 @@ class DNHA:
     """Difference between the best NAS and the best handcrafted accuracy (the paper's Figure 1:
     DNHA = max(NAS) - max(Handcrafted)) for one dataset, attack setting and metric, as fractions.
 
-    ``ci`` is Newcombe's hybrid score interval for a difference of two proportions built from the two
-    models' 95% Wilson intervals (Newcombe 1998, method 10); it treats the two accuracies as independent,
-    which is conservative when both models saw the same examples. ``exceeds`` says whether the interval
-    excludes 0, i.e. whether the NAS-vs-handcrafted difference is larger than its uncertainty.
+    ``ci`` is a 95% interval for the difference. Where both models were evaluated on the same examples
+    (per-example outcomes in the store align) it is the paired interval of Agresti and Min (2005): a Wald
+    interval for a difference of paired proportions after adding 1/2 to each cell of the 2x2 table of
+    per-example outcomes. Otherwise it is Newcombe's hybrid score interval from the two models' Wilson
+    intervals (Newcombe 1998, method 10), which treats them as independent. ``ci_method`` says which.
+    ``exceeds`` says whether the interval excludes 0, i.e. whether the NAS-vs-handcrafted difference is
+    larger than its uncertainty. Neither interval accounts for the two maxima having been selected.
     """
 
     table_id: str
@@ -41,6 +46,7 @@ class DNHA:
     ci: tuple[float, float] | None
     exceeds: bool | None
     paper: float | None = None  # the same quantity from the paper's tables, where the setting matches
+    ci_method: str = ""
 
     @property
     def value(self) -> float:
@@ -56,14 +62,42 @@ def newcombe_interval(
     return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
+def paired_interval(both: int, only1: int, only2: int, neither: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of p1 - p2 for paired binary outcomes (Agresti and Min 2005: add 1/2 to each cell).
+
+    ``only1`` = examples right under model 1 and wrong under model 2, ``only2`` the reverse.
+    """
+    n = both + only1 + only2 + neither + 2.0
+    b, c = only1 + 0.5, only2 + 0.5
+    d = (b - c) / n
+    half = z * math.sqrt(max((b + c) - (b - c) ** 2 / n, 0.0)) / n
+    return (max(-1.0, d - half), min(1.0, d + half))
+
+
+def cell_outcomes(store: Any, cell: Cell, clean: bool, metric: str) -> dict[tuple[int, int], bool] | None:
+    """Per example (id, label): whether the cell's model got it right, from the stored outcomes (the AND
+    over runs for a per-example worst case); None where the cell has no per-example meaning."""
+    if store is None or not cell.run_ids or cell.source.startswith(("minimum", "paper")):
+        return None
+    attr = f"{'clean' if clean else 'adv'}_correct{metric[-1]}"
+    out: dict[tuple[int, int], bool] | None = None
+    for rid in cell.run_ids:
+        got = {(o.example_id, o.label): bool(getattr(o, attr)) for o in store.examples(rid)}
+        if out is not None and set(got) != set(out):
+            return None
+        out = got if out is None else {k: v and got[k] for k, v in out.items()}
+    return out
+
+
 def _best(rows: Sequence[Row], column: str, metric: str) -> Row | None:
     have = [r for r in rows if column in r.cells and metric in r.cells[column].values]
     # ties go to the first row in table order, so the choice is deterministic
     return max(have, key=lambda r: r.cells[column].values[metric], default=None)
 
 
-def dnha(table: Table, with_paper: bool = True) -> list[DNHA]:
-    """DNHA for every column (clean, each attack, worst case) and metric of a main table."""
+def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]:
+    """DNHA for every column (clean, each attack, worst case) and metric of a main table. With ``store``
+    the interval is paired wherever the two models' per-example outcomes align."""
     out = []
     nas = [r for r in table.rows if r.family == "nas"]
     hand = [r for r in table.rows if r.family == "handcrafted"]
@@ -75,8 +109,22 @@ def dnha(table: Table, with_paper: bool = True) -> list[DNHA]:
             cn, ch = best_nas.cells[col.key], best_hand.cells[col.key]
             pn, ph = cn.values[metric], ch.values[metric]
             ci = exceeds = None
-            if metric in cn.ci and metric in ch.ci:
+            method = ""
+            on = cell_outcomes(store, cn, col.key == CLEAN, metric)
+            oh = cell_outcomes(store, ch, col.key == CLEAN, metric)
+            if on is not None and oh is not None and set(on) == set(oh) and on:
+                pairs = [(on[k], oh[k]) for k in on]
+                ci = paired_interval(
+                    pairs.count((True, True)),
+                    pairs.count((True, False)),
+                    pairs.count((False, True)),
+                    pairs.count((False, False)),
+                )
+                method = "paired (Agresti-Min)"
+            elif metric in cn.ci and metric in ch.ci:
                 ci = newcombe_interval(pn, cn.ci[metric], ph, ch.ci[metric])
+                method = "unpaired (Newcombe)"
+            if ci is not None:
                 exceeds = ci[0] > 0 or ci[1] < 0
             paper = None
             if (
@@ -106,6 +154,7 @@ def dnha(table: Table, with_paper: bool = True) -> list[DNHA]:
                     ci,
                     exceeds,
                     paper,
+                    method,
                 )
             )
     return out

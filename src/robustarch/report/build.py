@@ -64,8 +64,8 @@ def collect(store: Store | None, *, paper_only: bool = False, include_incomplete
         ]
         used = {rid for t in tables for r in t.rows for c in r.cells.values() for rid in c.run_ids}
         runs = [r for r in runs if r.run_id in used]
-    dnha_rows = [d for t in tables if t.kind == "main" for d in dnha(t)]
-    return Report(title, intro, tables, dnha_rows, figs.all_specs(tables), runs)
+    dnha_rows = [d for t in tables if t.kind == "main" for d in dnha(t, store=None if paper_only else store)]
+    return Report(title, intro, tables, dnha_rows, figs.all_specs(tables, dnha_rows), runs)
 
 
 def _wide_rows(table: Table) -> tuple[list[str], list[list[Any]]]:

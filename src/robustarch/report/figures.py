@@ -61,7 +61,7 @@ def _series(
 
 
 # -- specs ----------------------------------------------------------------------------------------------
-def figure1_specs(tables: list[Table]) -> list[dict[str, Any]]:
+def figure1_specs(tables: list[Table], dnha_rows: list[Any] | None = None) -> list[dict[str, Any]]:
     """Figure 1: DNHA (best NAS minus best handcrafted accuracy) per attack against dataset scale, one
     figure per (profile, metric), with 95% intervals and, dashed, the paper's DNHA where settings match."""
     groups: dict[tuple[str, str, bool, str], list[Table]] = defaultdict(list)
@@ -76,7 +76,8 @@ def figure1_specs(tables: list[Table]) -> list[dict[str, Any]]:
         lines: dict[str, dict[str, Any]] = {}
         paper_lines: dict[str, dict[str, Any]] = {}
         for pos, table in enumerate(group):
-            for d in dnha(table):
+            rows = dnha(table) if dnha_rows is None else [d for d in dnha_rows if d.table_id == table.id]
+            for d in rows:
                 if d.column == CLEAN or d.metric != metric or (d.column == WORST and table.published):
                     # the paper's worst case is only the minimum of its columns, i.e. PGD again
                     continue
@@ -292,8 +293,10 @@ def sweep_specs(tables: list[Table]) -> list[dict[str, Any]]:
     return specs
 
 
-def all_specs(tables: list[Table]) -> list[dict[str, Any]]:
-    return figure1_specs(tables) + figure2_specs(tables) + figure3_specs(tables) + sweep_specs(tables)
+def all_specs(tables: list[Table], dnha_rows: list[Any] | None = None) -> list[dict[str, Any]]:
+    return (
+        figure1_specs(tables, dnha_rows) + figure2_specs(tables) + figure3_specs(tables) + sweep_specs(tables)
+    )
 
 
 # -- drawing --------------------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ def dnha_grid(rows: Sequence[DNHA]) -> tuple[list[str], list[list[str]]]:
         "Handcrafted %",
         "DNHA (pp)",
         "95% CI (pp)",
+        "CI method",
         "Exceeds uncertainty",
         "Paper DNHA (pp)",
     ]
@@ -146,6 +147,7 @@ def dnha_grid(rows: Sequence[DNHA]) -> tuple[list[str], list[list[str]]]:
                 pct(d.hand_value),
                 signed(d.value),
                 "" if d.ci is None else f"[{signed(d.ci[0])}, {signed(d.ci[1])}]",
+                d.ci_method,
                 {True: "yes", False: "no", None: "n/a"}[d.exceeds],
                 signed(d.paper),
             ]
@@ -481,6 +483,7 @@ def dnha_records(rows: Sequence[DNHA]) -> list[dict[str, Any]]:
             "ci_lo_pp": "" if d.ci is None else f"{100 * d.ci[0]:.6f}",
             "ci_hi_pp": "" if d.ci is None else f"{100 * d.ci[1]:.6f}",
             "exceeds_uncertainty": {True: "yes", False: "no", None: ""}[d.exceeds],
+            "ci_method": d.ci_method,
             "paper_dnha_pp": "" if d.paper is None else f"{100 * d.paper:.6f}",
         }
         for d in rows
