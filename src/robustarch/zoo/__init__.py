@@ -40,6 +40,8 @@ __all__ = [
     "ModelSpec",
     "Normalized",
     "build",
+    "build_kwargs",
+    "count_parameters",
     "file_sha256",
     "get_spec",
     "list_models",
