@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from robustarch.report.paper import PAPER_COUNTERPART, matches_paper_setting
-from robustarch.report.tables import CLEAN, WORST, Cell, Row, Table
+from robustarch.report.tables import CLEAN, WORST, Cell, Outcomes, Row, Table, as_outcomes
 from robustarch.store._types import Z95
 
 
@@ -74,19 +74,18 @@ def paired_interval(both: int, only1: int, only2: int, neither: int, z: float = 
     return (max(-1.0, d - half), min(1.0, d + half))
 
 
-def cell_outcomes(store: Any, cell: Cell, clean: bool, metric: str) -> dict[tuple[int, int], bool] | None:
-    """Per example (id, label): whether the cell's model got it right, from the stored outcomes (the AND
-    over runs for a per-example worst case); None where the cell has no per-example meaning."""
+def cell_outcomes(
+    store: Outcomes | None, cell: Cell, clean: bool, metric: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(example keys, right or wrong per example) of a cell from the stored outcomes (the AND over runs
+    for a per-example worst case); None where the cell has no per-example meaning."""
     if store is None or not cell.run_ids or cell.source.startswith(("minimum", "paper")):
         return None
     attr = f"{'clean' if clean else 'adv'}_correct{metric[-1]}"
-    out: dict[tuple[int, int], bool] | None = None
-    for rid in cell.run_ids:
-        got = {(o.example_id, o.label): bool(getattr(o, attr)) for o in store.examples(rid)}
-        if out is not None and set(got) != set(out):
-            return None
-        out = got if out is None else {k: v and got[k] for k, v in out.items()}
-    return out
+    runs = [store.get(rid) for rid in cell.run_ids]
+    if not all(np.array_equal(r["key"], runs[0]["key"]) for r in runs):
+        return None
+    return runs[0]["key"], np.logical_and.reduce([r[attr] for r in runs])
 
 
 def _best(rows: Sequence[Row], column: str, metric: str) -> Row | None:
@@ -98,6 +97,7 @@ def _best(rows: Sequence[Row], column: str, metric: str) -> Row | None:
 def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]:
     """DNHA for every column (clean, each attack, worst case) and metric of a main table. With ``store``
     the interval is paired wherever the two models' per-example outcomes align."""
+    store = as_outcomes(store)
     out = []
     nas = [r for r in table.rows if r.family == "nas"]
     hand = [r for r in table.rows if r.family == "handcrafted"]
@@ -112,13 +112,10 @@ def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]
             method = ""
             on = cell_outcomes(store, cn, col.key == CLEAN, metric)
             oh = cell_outcomes(store, ch, col.key == CLEAN, metric)
-            if on is not None and oh is not None and set(on) == set(oh) and on:
-                pairs = [(on[k], oh[k]) for k in on]
+            if on is not None and oh is not None and len(on[0]) and np.array_equal(on[0], oh[0]):
+                a, b = on[1], oh[1]
                 ci = paired_interval(
-                    pairs.count((True, True)),
-                    pairs.count((True, False)),
-                    pairs.count((False, True)),
-                    pairs.count((False, False)),
+                    int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())
                 )
                 method = "paired (Agresti-Min)"
             elif metric in cn.ci and metric in ch.ci:

@@ -13,7 +13,7 @@ from robustarch.errors import RobustarchError
 from robustarch.report import figures as figs
 from robustarch.report import render
 from robustarch.report.analysis import DNHA, dnha
-from robustarch.report.tables import Table, paper_tables, tables_from_results
+from robustarch.report.tables import Outcomes, Table, paper_tables, tables_from_results
 from robustarch.store import RunResult, Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Report:
 
 def collect(store: Store | None, *, paper_only: bool = False, include_incomplete: bool = False) -> Report:
     """Build the report's content from ``store`` (every number comes from its runs), or from the paper."""
+    outcomes = None
     if paper_only:
         tables = paper_tables()
         runs: list[RunResult] = []
@@ -55,7 +56,8 @@ def collect(store: Store | None, *, paper_only: bool = False, include_incomplete
                 f"store {store.path} holds no {'' if include_incomplete else 'complete '}runs to report"
                 + ("" if include_incomplete else " (--include-incomplete shows unfinished ones)")
             )
-        tables = tables_from_results(runs, store)
+        outcomes = Outcomes(store)  # per-example outcomes, read once per run
+        tables = tables_from_results(runs, outcomes)
         title = "robustarch report"
         intro = [
             f"Every number below comes from the results store {store.path} ({len(runs)} runs); the paper's "
@@ -64,7 +66,7 @@ def collect(store: Store | None, *, paper_only: bool = False, include_incomplete
         ]
         used = {rid for t in tables for r in t.rows for c in r.cells.values() for rid in c.run_ids}
         runs = [r for r in runs if r.run_id in used]
-    dnha_rows = [d for t in tables if t.kind == "main" for d in dnha(t, store=None if paper_only else store)]
+    dnha_rows = [d for t in tables if t.kind == "main" for d in dnha(t, store=outcomes)]
     return Report(title, intro, tables, dnha_rows, figs.all_specs(tables, dnha_rows), runs)
 
 

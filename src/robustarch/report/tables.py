@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from robustarch.report.paper import (
     PAPER_ATTACKS,
     PAPER_COUNTERPART,
@@ -224,6 +226,32 @@ def _paper_for(
     return out
 
 
+class Outcomes:
+    """Per-example outcomes of stored runs as numpy arrays, read once per run from the store.
+
+    ``get(run_id)`` gives ``key`` (n x 2: example id, label) and boolean arrays named like the
+    :class:`~robustarch.store.ExampleOutcome` fields (``clean_correct1``, ``adv_correct5``, ...).
+    """
+
+    FIELDS = ("clean_correct1", "clean_correct5", "adv_correct1", "adv_correct5")
+
+    def __init__(self, store: Any):
+        self.store = store
+        self._runs: dict[str, dict[str, np.ndarray]] = {}
+
+    def get(self, run_id: str) -> dict[str, np.ndarray]:
+        if run_id not in self._runs:
+            outs = self.store.examples(run_id)
+            arrays = {f: np.fromiter((getattr(o, f) for o in outs), bool, len(outs)) for f in self.FIELDS}
+            arrays["key"] = np.array([(o.example_id, o.label) for o in outs], dtype=np.int64).reshape(-1, 2)
+            self._runs[run_id] = arrays
+        return self._runs[run_id]
+
+
+def as_outcomes(store: Any) -> Outcomes | None:
+    return store if store is None or isinstance(store, Outcomes) else Outcomes(store)
+
+
 def _worst_case(store: Any, row: Row, columns: Sequence[Column], metrics: Sequence[str]) -> Cell | None:
     """Worst case over the row's attacks: per example where all runs cover the same examples (an example
     counts as robust only if every attack left it correct), else the minimum of the attacks' accuracies."""
@@ -232,14 +260,17 @@ def _worst_case(store: Any, row: Row, columns: Sequence[Column], metrics: Sequen
         return None
     run_ids = tuple(rid for c in cells for rid in c.run_ids)
     flags = tuple(f for c in cells for f in c.flags)
-    outcomes = [store.examples(rid) for rid in run_ids] if store is not None else []
-    keys = [[(o.example_id, o.label) for o in outs] for outs in outcomes]
-    if outcomes and keys[0] and all(k == keys[0] for k in keys):
-        n = len(keys[0])
+    outcomes = [store.get(rid) for rid in run_ids] if store is not None else []
+    if (
+        outcomes
+        and len(outcomes[0]["key"])
+        and all(np.array_equal(o["key"], outcomes[0]["key"]) for o in outcomes)
+    ):
+        n = len(outcomes[0]["key"])
         values, ci, counts = {}, {}, {}
         for m in METRICS:
             attr = f"adv_correct{m[-1]}"
-            k = sum(all(getattr(outs[i], attr) for outs in outcomes) for i in range(n))
+            k = int(np.logical_and.reduce([o[attr] for o in outcomes]).sum())
             values[m], ci[m], counts[m] = k / n, wilson_interval(k, n), k
         return Cell(
             values, ci, counts, n, run_ids, f"per-example worst case over {len(cells)} attacks", flags=flags
@@ -292,8 +323,10 @@ def _worst_columns(columns: list[Column]) -> tuple[list[Column], str]:
 
 # -- from a store -------------------------------------------------------------------------------------
 def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list[Table]:
-    """Main and family tables from stored runs. ``store`` (a :class:`robustarch.store.Store`) supplies the
-    per-example outcomes for the worst-case column; without it the column is the minimum over attacks."""
+    """Main and family tables from stored runs. ``store`` (a :class:`robustarch.store.Store` or an
+    :class:`Outcomes` over one) supplies the per-example outcomes for the worst-case column; without it
+    the column is the minimum over attacks."""
+    store = as_outcomes(store)
     groups: dict[tuple[str, str, str, bool], list[RunResult]] = defaultdict(list)
     clean_anywhere: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
     for run in results:
