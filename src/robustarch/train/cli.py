@@ -85,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--quick", action="store_true", help="a reduced run (smaller models, data and budgets)")
     d.add_argument("--data-root", help="Fashion-MNIST idx files (default: /usr/share/datasets/fashion-mnist)")
     d.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    d.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core, at most 4)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=run_demo)
 
@@ -154,10 +155,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from robustarch.train.demo import run_demo as demo
 
     summary = demo(
-        out=args.out, quick=args.quick, data_root=args.data_root, device=args.device,
+        out=args.out, quick=args.quick, data_root=args.data_root, device=args.device, jobs=args.jobs,
         progress=not args.no_progress,
     )  # fmt: skip
-    print(f"\nrobustarch demo ({summary['mode']}) finished in {summary['wall_seconds']:.0f} s "
+    print(f"\nrobustarch demo ({summary['mode']}, {summary['jobs']} processes) finished in "
+          f"{summary['wall_seconds']:.0f} s "
           f"(train {summary['train_seconds']:.0f} s, attacks {summary['evaluate_seconds']:.0f} s, "
           f"report {summary['report_seconds']:.0f} s)")  # fmt: skip
     for name, m in summary["models"].items():
