@@ -100,6 +100,7 @@ def _fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         traced.graph.erase_node(node)
         folds += 1
     traced.graph.lint()
+    traced.delete_all_unused_submodules()  # the folded BatchNorms
     traced.recompile()
     return traced, folds
 

@@ -107,6 +107,9 @@ class Square(Attack):
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
     ) -> Tensor:
         adv = x.clone()
+        if self.eps == 0:  # nothing to search; every proposal would be a no-op
+            extras["queries"] = torch.zeros(len(x), device=x.device)
+            return adv
         todo = torch.nonzero(self._margin(model, x, y) > 0).flatten()
         total_queries = torch.zeros(len(x), device=x.device)
         for _ in range(self.restarts):

@@ -3,6 +3,9 @@ Physical World" (ILLC). A targeted iterative attack whose target is the least-li
 
 - ``standard``: target = least-likely class *excluding* the true label; ``steps`` times
   ``x_{k+1} = Proj_{eps-ball(x) & [0,1]}(x_k - alpha * sign(grad CE(f(x_k), t)))``; realized L-inf <= eps.
+  Examples the model already misclassifies are returned unchanged (as AutoAttack does): they count as
+  errors anyway, and a step towards another wrong class could flip them to correct, so that accuracy under
+  attack would exceed clean accuracy.
 - ``paper`` (torchattacks 1.3): target = plain argmin of the clean logits (the true label is *not*
   excluded); each step is clipped to the eps-ball around the *current* iterate, so the ball never binds and
   the realized L-inf is ``n * alpha``.
@@ -48,7 +51,9 @@ class StepLL(Attack):
     ) -> Tensor:
         with torch.no_grad():
             logits = model(x)
+        keep = None
         if self.profile == "standard":
+            keep = logits.argmax(1) != y
             logits = logits.scatter(1, y[:, None], float("inf"))
         target = logits.argmin(1)
         extras["target"] = target
@@ -60,4 +65,6 @@ class StepLL(Attack):
             else:
                 # 1.3 clipped to the eps-ball around the current iterate (a no-op unless alpha > eps)
                 x_adv = project(x_adv + self.alpha * grad.sign(), x_adv, self.eps)
+        if keep is not None:
+            x_adv = torch.where(keep[:, None, None, None], x, x_adv)
         return x_adv
