@@ -573,7 +573,11 @@ def _artist_data(fig):
 
 
 def test_every_figure_series_is_a_stored_number(built):
-    truth, out, _written, _ = built
+    truth, out, written, _ = built
+    dnha = {
+        (d["table"], d["column"], d["metric"]): d
+        for d in csv.DictReader((written["csv"].parent / "dnha.csv").open(encoding="utf-8"))
+    }
     specs = sorted((out / "figures").glob("*.json"))
     kinds = {p.name.split("-")[0] for p in specs}
     assert kinds == {"fig1", "fig2", "fig3", "sweep"}
@@ -614,12 +618,17 @@ def test_every_figure_series_is_a_stored_number(built):
                         key = "clean5" if s["column"] == "clean" else "adv5"
                         assert x == pytest.approx(run["params_count"] / 1e6)
                         assert y == pytest.approx(_pct(run[key], run["n"]))
-                    elif kind == "fig1" and "Worst" not in s["label"]:
-                        nas, hand = runs
+                    elif kind == "fig1":
                         m = spec["id"][-1]
-                        assert y == pytest.approx(
-                            _pct(nas[f"adv{m}"], nas["n"]) - _pct(hand[f"adv{m}"], hand["n"])
+                        row = dnha[(s["tables"][k], s["columns"][k], f"top{m}")]
+                        assert (y, s["ylo"][k], s["yhi"][k]) == pytest.approx(
+                            (float(row["dnha_pp"]), float(row["ci_lo_pp"]), float(row["ci_hi_pp"])), abs=1e-5
                         )
+                        if s["columns"][k] != "worst":
+                            nas, hand = runs
+                            assert y == pytest.approx(
+                                _pct(nas[f"adv{m}"], nas["n"]) - _pct(hand[f"adv{m}"], hand["n"])
+                            )
                     n_points += 1
     assert n_points > 30
 

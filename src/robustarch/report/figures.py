@@ -81,8 +81,16 @@ def figure1_specs(tables: list[Table], dnha_rows: list[Any] | None = None) -> li
                 if d.column == CLEAN or d.metric != metric or (d.column == WORST and table.published):
                     # the paper's worst case is only the minimum of its columns, i.e. PGD again
                     continue
-                key = d.attack if d.column == WORST else d.column
-                s = lines.setdefault(key, _series(d.label, [], [], ylo=[], yhi=[], points=[], runs=[]))
+                # one line per attack across datasets (its budget may differ per dataset, as in the
+                # standard profile); an attack with several settings in a table gets a line per setting
+                single = sum(c.attack == d.attack for c in table.columns) == 1
+                key = d.attack if single else d.column
+                label = (d.label.split(" (")[0] if single else d.label) if d.column != WORST else "Worst case"
+                s = lines.setdefault(
+                    key, _series(label, [], [], ylo=[], yhi=[], points=[], runs=[], tables=[], columns=[])
+                )
+                s["tables"].append(table.id)
+                s["columns"].append(d.column)
                 s["x"].append(pos)
                 s["y"].append(_pct(d.value))
                 s["ylo"].append(_pct(d.ci[0]) if d.ci else None)
@@ -90,7 +98,7 @@ def figure1_specs(tables: list[Table], dnha_rows: list[Any] | None = None) -> li
                 s["points"].append(f"{d.nas_model} vs {d.hand_model}")
                 s["runs"].append(_runs_of(table, d))
                 if d.paper is not None:
-                    p = paper_lines.setdefault(key, _series(f"paper: {d.label}", [], [], style="dashed"))
+                    p = paper_lines.setdefault(key, _series(f"paper: {label}", [], [], style="dashed"))
                     p["x"].append(pos)
                     p["y"].append(_pct(d.paper))
         series = list(lines.values()) + list(paper_lines.values())
