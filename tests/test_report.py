@@ -22,6 +22,7 @@ from robustarch.errors import RobustarchError
 from robustarch.report import build_report, cli, collect
 from robustarch.report.figures import draw
 from robustarch.report.paper import model_info, paper_value
+from robustarch.report.render import value_text
 from robustarch.report.tables import architecture_family
 from robustarch.store import ExampleOutcome, RunKey, Store
 
@@ -739,6 +740,20 @@ def test_html_in_a_headless_browser(built, tmp_path):
         written["html"], f"--screenshot={shot}", "--window-size=1400,2400", "--virtual-time-budget=5000"
     )
     assert taken.returncode == 0 and shot.stat().st_size > 20_000, taken.stderr[-2000:]
+
+
+def test_unfinished_runs_only_on_request(built):
+    truth, _out, _written, store = built
+    with Store(store) as opened:
+        report = collect(opened, include_incomplete=True)
+    (rid,) = truth.incomplete
+    cells = [c for t in report.tables for r in t.rows for c in r.cells.values() if c.run_ids == (rid,)]
+    assert cells  # the main table's cell (and the family table's, which shares it)
+    committed = truth.runs[rid]["outcomes"][:20]  # only its first chunk was committed
+    for cell in cells:
+        assert "UNFINISHED: 20 of 60 examples" in cell.source and cell.n == 20
+        assert cell.counts["top1"] == sum(o.adv_correct1 for o in committed)
+        assert value_text(cell, "top1").endswith("(partial)")
 
 
 def _cli(*argv: str) -> int:

@@ -59,6 +59,8 @@ def value_text(cell: Cell | None, metric: str, with_ci: bool = True) -> str:
         text += f" [{pct(lo)}, {pct(hi)}]"
     if cell.source.startswith("minimum"):
         text += " (min)"
+    if "UNFINISHED" in cell.source:
+        text += " (partial)"
     return text + FLAG_MARK[cell.worst_status]
 
 
@@ -238,6 +240,7 @@ def write_markdown(
     out.append(
         "Cells: accuracy % [95% Wilson interval]; ⚠ = a reliability check warned, ✗ = one failed "
         "(see Flags); (min) = minimum over attacks where per-example outcomes do not align; "
+        "(partial) = a run not finished (--include-incomplete); "
         "paper (Δ) = the paper's printed value and measured minus paper in percentage points."
     )
     out.append("")

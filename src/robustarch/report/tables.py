@@ -4,7 +4,7 @@
 One main table per (dataset, profile, adversarial metric, input emulation): models as rows; Clean, FGSM,
 R-FGSM, StepLL, PGD and any further attack as columns (top-1, plus top-5 on ImageNet-scale datasets); a
 worst-case-over-attacks column; the paper's published value beside each measured one where the paper ran
-the same setting. One family table per architecture method with several members (the paper's Table 4).
+the same setting. One family table per architecture family with several members (the paper's Table 4).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def _cell_from_run(run: RunResult, clean: bool, source: str, paper: dict[str, Pa
         counts={m: getattr(run, f"{prefix}_{m}_count") for m in METRICS},
         n=run.n,
         run_ids=(run.run_id,),
-        source=source,
+        source=source if run.complete else f"{source}; UNFINISHED: {run.n} of {run.n_planned} examples",
         paper=paper,
         flags=_flags(run),
     )
