@@ -4,6 +4,7 @@ within a family (Figure 3), with the uncertainty the paper does not give."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -13,7 +14,8 @@ import numpy as np
 
 from robustarch.report.paper import PAPER_COUNTERPART, matches_paper_setting
 from robustarch.report.tables import CLEAN, WORST, Cell, Outcomes, Row, Table, as_outcomes
-from robustarch.store._types import Z95
+
+Z95 = statistics.NormalDist().inv_cdf(0.975)
 
 
 @dataclass(frozen=True)
