@@ -42,6 +42,7 @@ CHECKPOINT_NAME = "last.pt"  # the per-epoch training state
 RESULT_NAME = "model.pt"  # the trained network, in robustarch.zoo's checkpoint format
 SUMMARY_NAME = "train.json"  # human-readable summary and history
 FORMAT_VERSION = 1
+PROGRESS_NOTE_S = 30.0  # seconds between progress log lines when no progress bar is shown
 
 Amp = Literal["auto", "off", "fp16", "bf16"]
 
@@ -426,7 +427,8 @@ class Trainer:
 
             bar = tqdm(self.loader, desc=f"epoch {e + 1}/{r.epochs}", leave=False, unit="batch")
             batches = bar
-        for x, y in batches:
+        last_note = time.perf_counter()
+        for step, (x, y) in enumerate(batches, 1):
             loss, c = self.train_step(x, y)
             n = len(y)
             loss_sum += loss * n
@@ -434,6 +436,11 @@ class Trainer:
             seen += n
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct / seen:.3f}")
+            elif self.dist.main and time.perf_counter() - last_note > PROGRESS_NOTE_S:
+                # without a bar (e.g. a worker process), a line now and then shows the run is moving
+                last_note = time.perf_counter()
+                log.info("%s epoch %d/%d: batch %d/%d, loss %.4f", self.run_key.get("model", "training"),
+                         e + 1, r.epochs, step, self.steps_per_epoch, loss_sum.item() / seen)  # fmt: skip
         if bar is not None:
             bar.close()
         totals = torch.tensor([loss_sum.item(), correct, seen], dtype=torch.float64)
@@ -452,7 +459,8 @@ class Trainer:
         self.history.append(record)
         if self.dist.main:
             log.info(
-                "epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  (%.1f s)",
+                "%s epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  (%.1f s)",
+                self.run_key.get("model", "training"),
                 self.epoch,
                 r.epochs,
                 lr,
@@ -509,8 +517,10 @@ def train(config: TrainConfig) -> TrainResult:
 
     arch = dict(config.arch)
     defaults = zoo.build_kwargs(config.model, config.dataset, **arch)
-    if recipe.aux_weight and "auxiliary" in defaults and not defaults["auxiliary"]:
-        arch["auxiliary"] = True  # the recipe trains with the auxiliary head (it loads back with it)
+    if "auxiliary" in defaults and bool(defaults["auxiliary"]) != bool(recipe.aux_weight):
+        # train the auxiliary head exactly when the recipe weighs its loss (an unused head would get no
+        # gradient, which DDP rejects); the checkpoint records the choice and loads back with it
+        arch["auxiliary"] = bool(recipe.aux_weight)
     torch.manual_seed(config.seed)
     # zoo.load without weights: the freshly initialised network inside the very normalization (and padding)
     # wrapper the zoo puts around it when it loads the trained weights back
