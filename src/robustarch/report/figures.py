@@ -313,7 +313,9 @@ def draw(spec: dict[str, Any]) -> plt.Figure:
     panels = spec["panels"]
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
+    # a single panel keeps its legend beside the axes, where it hides no point
+    width = 5.2 * ncols + (2.6 if len(panels) == 1 else 0.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 4.2 * nrows), squeeze=False)
     for i, panel in enumerate(panels):
         ax = axes[i // ncols][i % ncols]
         for j, s in enumerate(panel["series"]):
@@ -348,10 +350,13 @@ def draw(spec: dict[str, Any]) -> plt.Figure:
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(panel["ylabel"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if len(panels) == 1:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize=7)
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
-    fig.suptitle(textwrap.fill(spec["title"], width=int(58 * ncols)), fontsize=11)
+    fig.suptitle(textwrap.fill(spec["title"], width=int(11 * width)), fontsize=11)
     fig.tight_layout()
     return fig
 
