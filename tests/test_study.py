@@ -102,7 +102,7 @@ def parse_grid(text: str) -> dict[tuple[str, str], float]:
 
 
 def test_study_end_to_end_generated(tmp_path, capsys):
-    study = write_study(tmp_path, limit=8)
+    study = write_study(tmp_path, limit=8, batch=8)
     assert main(["study", "run", str(study), "--no-progress"]) == 0
     printed = parse_grid(capsys.readouterr().out)
     store = Store(tmp_path / "tiny.sqlite")
