@@ -56,8 +56,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="mixed precision (auto: fp16 on CUDA, off on CPU)",
     )
-    p.add_argument("--train-limit", type=int, help="train on the first N training examples only")
-    p.add_argument("--test-limit", type=int, help="measure clean accuracy on the first N test examples only")
+    p.add_argument(
+        "--train-subset",
+        metavar="SPEC",
+        help="train on a subset: balanced:N[:SEED] (class-balanced, seeded), first:N or ids:FILE",
+    )
+    p.add_argument("--train-limit", type=int, help="then keep the first N training examples")
+    p.add_argument(
+        "--test-subset", metavar="SPEC", help="the test examples the final accuracy is measured on"
+    )
+    p.add_argument("--test-limit", type=int, help="then keep the first N test examples")
     p.add_argument(
         "--arch",
         action="append",
@@ -137,7 +145,9 @@ def run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             amp=args.amp,
+            train_subset=args.train_subset,
             train_limit=args.train_limit,
+            test_subset=args.test_subset,
             test_limit=args.test_limit,
             arch=parse_arch(args.arch),
             workers=args.workers,

@@ -43,7 +43,7 @@ class DemoPlan:
     (the standard preset holds APGD-CE/-T and Square, ~100x the cost of the paper's four attacks)."""
 
     models: tuple[DemoModel, ...]
-    train_limit: int
+    train_n: int  # a class-balanced sample of the training split
     epochs: int
     test_limit: int
     paper_n: int
@@ -63,7 +63,7 @@ FULL = DemoPlan(
         DemoModel("darts", {"C": 6, "layers": 4}, cost=4),
         DemoModel("nsga_net", {"C": 6, "layers": 4}, cost=4),
     ),
-    train_limit=8000,
+    train_n=8000,
     epochs=2,
     test_limit=2000,
     paper_n=500,
@@ -76,7 +76,7 @@ QUICK = DemoPlan(
         DemoModel("darts", {"C": 4, "layers": 3}, cost=3),
         DemoModel("nsga_net", {"C": 4, "layers": 3}, cost=3),
     ),
-    train_limit=3000,
+    train_n=3000,
     epochs=1,
     test_limit=1000,
     paper_n=100,
@@ -153,8 +153,9 @@ def _train_one(
     result = train(
         TrainConfig(
             model=m.name, dataset=DATASET, data_root=root, out=Path(out) / "models" / m.name,
-            epochs=plan.epochs, batch_size=plan.train_batch, lr=plan.lr, train_limit=plan.train_limit,
-            test_limit=plan.test_limit, arch=dict(m.arch), device=device, progress=progress,
+            epochs=plan.epochs, batch_size=plan.train_batch, lr=plan.lr,
+            train_subset=f"balanced:{plan.train_n}", test_limit=plan.test_limit, arch=dict(m.arch),
+            device=device, progress=progress,
         )
     )  # fmt: skip
     from robustarch.zoo import read_checkpoint
@@ -174,15 +175,18 @@ def _train_one(
 
 
 def _evaluate(studies: list[str], model_ids: list[str], store: str, progress: bool) -> float:
-    """Run the given study files, restricted to ``model_ids``, into ``store`` (several processes may)."""
+    """Run the given study files for ``model_ids``, one model and one study at a time (a progress line
+    each), into ``store`` (several processes may write to it)."""
     from robustarch.evaluation import load_study, run_study
 
     t = time.perf_counter()
-    for path in studies:
-        study = load_study(path).select(models=model_ids)
-        log.info("evaluating %s with %s", ", ".join(model_ids), Path(path).name)
-        run_study(study, store, progress=progress)
-    log.info("evaluated %s (%.0f s)", ", ".join(model_ids), time.perf_counter() - t)
+    for model_id in model_ids:
+        for path in studies:
+            t_run = time.perf_counter()
+            study = load_study(path).select(models=[model_id])
+            log.info("attacking %s: %s", model_id, Path(path).stem)
+            run_study(study, store, progress=progress)
+            log.info("attacked %s: %s (%.0f s)", model_id, Path(path).stem, time.perf_counter() - t_run)
     return time.perf_counter() - t
 
 
@@ -229,7 +233,7 @@ def run_demo(
     }
     log.info(
         "demo (%s): %d models on %d Fashion-MNIST training images x %d epoch(s); %d process(es) on %s",
-        summary["mode"], len(plan.models), plan.train_limit, plan.epochs, jobs, dev,
+        summary["mode"], len(plan.models), plan.train_n, plan.epochs, jobs, dev,
     )  # fmt: skip
 
     pool = None

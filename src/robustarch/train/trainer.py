@@ -62,8 +62,12 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
     amp: Amp = "auto"  # auto = fp16 autocast on CUDA, off on CPU
-    train_limit: int | None = None  # train on the first N training examples only
-    test_limit: int | None = None  # measure the final clean accuracy on the first N test examples
+    # which examples: a robustarch.data subset ("balanced:N[:SEED]", "first:N", "ids:FILE"), then the first
+    # `limit` of them; the final clean accuracy is measured on the test ones
+    train_subset: str | None = None
+    train_limit: int | None = None
+    test_subset: str | None = None
+    test_limit: int | None = None
     arch: dict[str, Any] = field(default_factory=dict)  # architecture overrides for zoo.build
     workers: int = 0
     progress: bool = True  # a progress bar per epoch (rank 0)
@@ -232,7 +236,7 @@ class Trainer:
         progress: bool = True,
         run_key: dict[str, Any] | None = None,
         dist_info: _Dist | None = None,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
     ):
         self.recipe = recipe
         self.device = torch.device(device)
@@ -254,10 +258,10 @@ class Trainer:
 
         # `model` takes [0, 1] images (normalization inside); `net` is the bare network inside it
         model = model.to(self.device)
-        # channels_last: faster convolutions on CPU (oneDNN) and on GPU tensor cores; the state_dict is
-        # the same (tensors keep their names and shapes)
-        self.channels_last = channels_last
-        if channels_last:
+        # channels_last: faster convolutions on GPU tensor cores (the state_dict is the same). Not on CPU:
+        # torch 2.13's CPU backward crashes (SIGSEGV) on an ImageNet-stem ResNet in channels_last.
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.net: nn.Module = getattr(model, "net", model)
         if self.dist.world > 1:
@@ -512,8 +516,19 @@ def train(config: TrainConfig) -> TrainResult:
     spec = zoo.get_spec(config.model, config.dataset)
     recipe = resolve_recipe(config, spec.method, spec.family, zoo.dataset_shape(config.dataset).family)
 
-    train_set, _ = data.load(config.dataset, config.data_root, split="train", limit=config.train_limit)
-    test_set, _ = data.load(config.dataset, config.data_root, split="test", limit=config.test_limit)
+    train_set, train_spec = data.load(
+        config.dataset, config.data_root, split="train", limit=config.train_limit, subset=config.train_subset
+    )
+    test_set, _ = data.load(
+        config.dataset, config.data_root, split="test", limit=config.test_limit, subset=config.test_subset
+    )
+    counts = train_set.class_counts(train_spec.num_classes) if hasattr(train_set, "class_counts") else []
+    if counts and min(counts) == 0:
+        log.warning(
+            "the training examples (%s) miss %d of the %d classes (files sorted by class?): a class-balanced "
+            "sample (--train-subset balanced:N) trains on all of them",
+            train_spec.subset, counts.count(0), len(counts),
+        )  # fmt: skip
 
     arch = dict(config.arch)
     defaults = zoo.build_kwargs(config.model, config.dataset, **arch)
@@ -532,6 +547,7 @@ def train(config: TrainConfig) -> TrainResult:
         "model": config.model,
         "dataset": config.dataset,
         "arch": {k: arch[k] for k in sorted(arch)},
+        "train_subset": config.train_subset,
         "train_limit": config.train_limit,
         "data_hash": data_hash,
     }
@@ -578,7 +594,9 @@ def train(config: TrainConfig) -> TrainResult:
             "epochs": recipe.epochs,
             "clean_accuracy": accuracy,
             "n_test": total,
+            "test_subset": config.test_subset,
             "test_limit": config.test_limit,
+            "train_subset": config.train_subset,
             "train_limit": config.train_limit,
             "n_train": len(train_set),  # type: ignore[arg-type]
             "data_hash": data_hash,
