@@ -22,7 +22,8 @@ setting and a warmed-up heap are per process; variants are interleaved and the b
 Data: the real CIFAR-10 JPEG test split (``../shared/data/cifar10-jpeg``, a balanced subset) when present,
 else generated CIFAR-10 files.
 
-    python benchmarks/study.py [--n 64] [--batch-size 64] [--model resnet18] [--repeats 2] [--markdown]
+    python benchmarks/study.py [--n 64] [--batch-size 64] [--model resnet18] [--repeats 2] [--threads T]
+                               [--markdown]
 """
 
 from __future__ import annotations
@@ -167,10 +168,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--repeats", type=int, default=2, help="best of R interleaved runs per variant")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one measurement (internal)
     args = parser.parse_args()
     n, b, m = args.n, args.batch_size, args.model
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.variant:
         cpu = time.process_time()
         wall = measure(args.variant, n, b, m)
@@ -181,18 +185,9 @@ def main() -> None:
     best_cpu = dict.fromkeys(VARIANTS, float("inf"))
     for r in range(args.repeats):  # interleaved, so a burst of load on a shared machine hits every variant
         for v, label in VARIANTS.items():
-            cmd = [
-                sys.executable,
-                __file__,
-                "--variant",
-                v,
-                "--n",
-                str(n),
-                "--batch-size",
-                str(b),
-                "--model",
-                m,
-            ]
+            cmd = [sys.executable, __file__, "--variant", v, "--n", str(n), "--batch-size", str(b)]
+            cmd += ["--model", m]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             secs, cpu = (float(t) for t in out.rsplit("SECONDS", 1)[1].split())
             best[v], best_cpu[v] = min(best[v], secs), min(best_cpu[v], cpu)

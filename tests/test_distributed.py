@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustarch.cli import main
 from robustarch.errors import RobustarchError
@@ -19,7 +20,16 @@ from test_study import write_study
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine a second OpenMP thread that
+    waits for a busy core slows every op by up to 20x (measured): run these tests single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     study = write_study(tmp_path, limit=12, batch=4, models=("resnet18",), attacks='["preset:paper"]')
     single = tmp_path / "single.sqlite"

@@ -11,12 +11,23 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustarch.cli import main
 from robustarch.store import Store
 from test_study import write_study
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine a second OpenMP thread that
+    waits for a busy core slows every op by up to 20x (measured): run these tests single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def snapshot(path: Path) -> dict:
@@ -66,6 +77,7 @@ def run_until_killed(study: Path, store: Path, pause: str, tmp: Path) -> None:
         "ROBUSTARCH_TEST_PAUSE": pause,
         "ROBUSTARCH_TEST_PAUSE_FILE": str(marker),
         "PYTHONPATH": str(REPO / "src"),
+        "OMP_NUM_THREADS": "1",
     }
     cmd = [
         sys.executable,
@@ -92,7 +104,6 @@ def run_until_killed(study: Path, store: Path, pause: str, tmp: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.slow
 def test_kill_at_several_points_then_resume(tmp_path):
     study = write_study(tmp_path, limit=8, batch=4, models=("resnet18",), extra="checks = true")
     ref = tmp_path / "reference.sqlite"

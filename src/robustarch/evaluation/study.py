@@ -155,6 +155,7 @@ class Study:
             out.datasets = [
                 dataclasses.replace(d, models=[m for m in d.models if m.id in models]) for d in out.datasets
             ]
+            out.datasets = [d for d in out.datasets if d.models]  # no data to load for a dataset left empty
         return out
 
 
