@@ -168,10 +168,11 @@ def run_demo(args: argparse.Namespace) -> int:
         out=args.out, quick=args.quick, data_root=args.data_root, device=args.device, jobs=args.jobs,
         progress=not args.no_progress,
     )  # fmt: skip
-    print(f"\nrobustarch demo ({summary['mode']}, {summary['jobs']} processes) finished in "
-          f"{summary['wall_seconds']:.0f} s "
-          f"(train {summary['train_seconds']:.0f} s, attacks {summary['evaluate_seconds']:.0f} s, "
-          f"report {summary['report_seconds']:.0f} s)")  # fmt: skip
+    print(
+        f"\nrobustarch demo ({summary['mode']}) finished in {summary['wall_seconds']:.0f} s with "
+        f"{summary['jobs']} process(es): training {summary['train_seconds']:.0f} s, attacks "
+        f"{summary['attack_seconds']:.0f} s, report {summary['report_seconds']:.0f} s (process time)"
+    )
     for name, m in summary["models"].items():
         print(f"  {name:10s} clean accuracy {100 * m['clean_accuracy']:5.1f}% on {m['n_test']} Fashion-MNIST "
               f"test images ({m['recipe']})")  # fmt: skip

@@ -110,21 +110,14 @@ def _toml_value(v: Any) -> str:
 
 
 def _study_toml(
-    name: str,
-    store: Path,
-    data_root: Path,
-    n: int,
-    attacks: str,
-    plan: DemoPlan,
-    models: tuple[DemoModel, ...],
-    trained: dict[str, dict[str, Any]],
+    name: str, store: Path, data_root: Path, n: int, attacks: str, plan: DemoPlan, weights: dict[str, Path],
     device: str,
-) -> str:
-    """A study file (docs/study.md) for the trained models: the demo's evaluation is an ordinary study."""
+) -> str:  # fmt: skip
+    """A study file (docs/study.md) for the demo's models: the demo's evaluation is an ordinary study. The
+    architecture overrides are not repeated here: zoo.load reads them from each checkpoint's metadata."""
     rows = ",\n".join(
-        f"  {{ name = {_toml_value(m.name)}, weights = {_toml_value(trained[m.name]['weights'])}, "
-        f"overrides = {_toml_value(trained[m.name]['overrides'])} }}"
-        for m in models
+        f"  {{ name = {_toml_value(m.name)}, weights = {_toml_value(str(weights[m.name]))} }}"
+        for m in plan.models
     )
     return (
         f"# written by `robustarch demo`; rerun with `robustarch study run {name}.toml`\n"
@@ -183,22 +176,12 @@ def _evaluate(studies: list[str], model_ids: list[str], store: str, progress: bo
     for model_id in model_ids:
         for path in studies:
             t_run = time.perf_counter()
-            study = load_study(path).select(models=[model_id])
+            # other models' weights may still be training (their files do not exist yet)
+            study = load_study(path, check_files=False).select(models=[model_id])
             log.info("attacking %s: %s", model_id, Path(path).stem)
             run_study(study, store, progress=progress)
             log.info("attacked %s: %s (%.0f s)", model_id, Path(path).stem, time.perf_counter() - t_run)
     return time.perf_counter() - t
-
-
-def _balanced(items: list[DemoModel], jobs: int) -> list[list[DemoModel]]:
-    """Split models into ``jobs`` groups of similar total cost (longest first, to the least loaded)."""
-    groups: list[list[DemoModel]] = [[] for _ in range(jobs)]
-    loads = [0.0] * jobs
-    for m in sorted(items, key=lambda m: -m.cost):
-        i = loads.index(min(loads))
-        groups[i].append(m)
-        loads[i] += m.cost
-    return [g for g in groups if g]
 
 
 def run_demo(
@@ -236,6 +219,19 @@ def run_demo(
         summary["mode"], len(plan.models), plan.train_n, plan.epochs, jobs, dev,
     )  # fmt: skip
 
+    store = out / "results.sqlite"
+    weights = {m.name: out / "models" / m.name / "model.pt" for m in plan.models}
+    studies = []  # the standard preset first: it costs ~20x the paper's four attacks
+    for name, preset, n in (
+        ("demo-standard", "standard", plan.standard_n),
+        ("demo-paper", "paper", plan.paper_n),
+    ):
+        path = out / f"{name}.toml"
+        path.write_text(_study_toml(name, store, root, n, f"preset:{preset}", plan, weights, dev))
+        studies.append(str(path))
+    log.info("attacks: preset 'paper' on %d and preset 'standard' on %d test images per model",
+             plan.paper_n, plan.standard_n)  # fmt: skip
+
     pool = None
     if jobs > 1:
         import multiprocessing
@@ -246,47 +242,38 @@ def run_demo(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_configure_worker,
             initargs=(level, 1),
         )  # fmt: skip
+    order = sorted(plan.models, key=lambda m: -m.cost)  # longest first
+    train_args = {m.name: (m, plan, str(root), str(out), dev, progress and pool is None) for m in order}
+    trained: dict[str, dict[str, Any]] = {}
+    attack_seconds: dict[str, float] = {}
     try:
-        # 1. train, longest first
-        order = sorted(plan.models, key=lambda m: -m.cost)
-        args = [(m, plan, str(root), str(out), dev, progress and pool is None) for m in order]
-        if pool is None:
-            results = [_train_one(*a) for a in args]
+        if pool is None:  # here, one after the other, with progress bars
+            for m in order:
+                trained[m.name] = _train_one(*train_args[m.name])
+            for m in order:
+                attack_seconds[m.name] = _evaluate(studies, [m.name], str(store), progress)
         else:
-            results = list(pool.map(_train_one, *zip(*args, strict=True)))
-        trained = {m.name: r for m, r in zip(order, results, strict=True)}
-        for m in plan.models:
-            summary["models"][m.name] = {k: v for k, v in trained[m.name].items() if k != "overrides"}
-        summary["train_seconds"] = time.perf_counter() - t0
+            # a model's attacks are queued as soon as it is trained: no worker waits for the slowest training
+            from concurrent.futures import as_completed
 
-        # 2. attack: the paper preset and the standard preset, into one results store
-        t1 = time.perf_counter()
-        store = out / "results.sqlite"
-        studies = []
-        for name, preset, n in (
-            ("demo-paper", "paper", plan.paper_n),
-            ("demo-standard", "standard", plan.standard_n),
-        ):
-            path = out / f"{name}.toml"
-            path.write_text(
-                _study_toml(name, store, root, n, f"preset:{preset}", plan, plan.models, trained, dev)
-            )
-            studies.append(str(path))
-        log.info("attacking: preset 'paper' on %d and preset 'standard' on %d test images per model",
-                 plan.paper_n, plan.standard_n)  # fmt: skip
-        if pool is None:
-            _evaluate(studies, [m.name for m in plan.models], str(store), progress)
-        else:
-            groups = _balanced(list(plan.models), jobs)
-            futures = [
-                pool.submit(_evaluate, studies, [m.name for m in g], str(store), False) for g in groups
-            ]
-            for f in futures:
-                f.result()
-        summary["evaluate_seconds"] = time.perf_counter() - t1
+            training = {pool.submit(_train_one, *train_args[m.name]): m for m in order}
+            attacking = {}
+            for done in as_completed(training):
+                m = training[done]
+                trained[m.name] = done.result()
+                attacking[pool.submit(_evaluate, studies, [m.name], str(store), False)] = m
+            for done in as_completed(attacking):
+                attack_seconds[attacking[done].name] = done.result()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    for m in plan.models:
+        summary["models"][m.name] = {
+            **{k: v for k, v in trained[m.name].items() if k != "overrides"},
+            "attack_seconds": attack_seconds[m.name],
+        }
+    summary["train_seconds"] = sum(r["train_seconds"] for r in trained.values())
+    summary["attack_seconds"] = sum(attack_seconds.values())
 
     # 3. report, rendered from the store only
     t2 = time.perf_counter()
