@@ -188,7 +188,9 @@ class Store:
                 if stored != list(outcomes):
                     log.warning(
                         "run %s chunk %d was already committed with different outcomes; kept the stored "
-                        "ones (a nondeterministic model or attack?)", run_id, chunk_index
+                        "ones (a nondeterministic model or attack?)",
+                        run_id,
+                        chunk_index,
                     )
                 return False
             self._db.executemany(
@@ -241,8 +243,11 @@ class Store:
         out = []
         for r in self._db.execute(sql + " ORDER BY example_id", args):
             label, cp, c1, c5, ap, a1, a5 = r[1:8]
-            out.append(ExampleOutcome(r[0], label, cp, bool(c1), bool(c5), ap, bool(a1), bool(a5), r[8], r[9],
-                                      bool(r[10])))
+            out.append(
+                ExampleOutcome(
+                    r[0], label, cp, bool(c1), bool(c5), ap, bool(a1), bool(a5), r[8], r[9], bool(r[10])
+                )
+            )
         return out
 
     def examples(self, run_id: str) -> list[ExampleOutcome]:
@@ -274,7 +279,7 @@ class Store:
             where.append(f"r.{name} IN ({', '.join('?' * len(values))})")
             args.extend(values)
         sql = f"""
-            SELECT r.run_id, {', '.join('r.' + f for f in _KEY_FIELDS)}, r.meta, r.complete, r.created_at,
+            SELECT r.run_id, {", ".join("r." + f for f in _KEY_FIELDS)}, r.meta, r.complete, r.created_at,
                    r.finished_at,
                    COUNT(e.example_id), COALESCE(SUM(e.clean_correct1), 0),
                    COALESCE(SUM(e.clean_correct5), 0),
@@ -283,7 +288,7 @@ class Store:
                    COALESCE(MAX(e.linf), 0), COALESCE(AVG(e.linf), 0), COALESCE(MAX(e.l2), 0),
                    COALESCE(AVG(e.l2), 0), COALESCE(SUM(e.attacked), 0)
             FROM runs r LEFT JOIN examples e ON e.run_id = r.run_id
-            {'WHERE ' + ' AND '.join(where) if where else ''}
+            {"WHERE " + " AND ".join(where) if where else ""}
             GROUP BY r.run_id ORDER BY r.dataset, r.model, r.attack, r.created_at, r.run_id
         """
         out = []
@@ -291,7 +296,7 @@ class Store:
             run_id, rest = row[0], row[1:]
             key = dict(zip(_KEY_FIELDS, rest[: len(_KEY_FIELDS)], strict=True))
             key["attack_params"] = json.loads(key["attack_params"])
-            meta, complete, created, finished, n, c1, c5, a1, a5, broken = rest[len(_KEY_FIELDS):-5]
+            meta, complete, created, finished, n, c1, c5, a1, a5, broken = rest[len(_KEY_FIELDS) : -5]
             lmax, lmean, l2max, l2mean, att = rest[-5:]
 
             def frac(k: int, n: int = n) -> float:
@@ -299,14 +304,32 @@ class Store:
 
             out.append(
                 RunResult(
-                    run_id=run_id, **key, meta=json.loads(meta), n=n, complete=bool(complete),
-                    clean_top1=frac(c1), clean_top5=frac(c5), adv_top1=frac(a1), adv_top5=frac(a5),
-                    clean_top1_ci=wilson_interval(c1, n), clean_top5_ci=wilson_interval(c5, n),
-                    adv_top1_ci=wilson_interval(a1, n), adv_top5_ci=wilson_interval(a5, n),
-                    clean_top1_count=c1, clean_top5_count=c5, adv_top1_count=a1, adv_top5_count=a5,
+                    run_id=run_id,
+                    **key,
+                    meta=json.loads(meta),
+                    n=n,
+                    complete=bool(complete),
+                    clean_top1=frac(c1),
+                    clean_top5=frac(c5),
+                    adv_top1=frac(a1),
+                    adv_top5=frac(a5),
+                    clean_top1_ci=wilson_interval(c1, n),
+                    clean_top5_ci=wilson_interval(c5, n),
+                    adv_top1_ci=wilson_interval(a1, n),
+                    adv_top5_ci=wilson_interval(a5, n),
+                    clean_top1_count=c1,
+                    clean_top5_count=c5,
+                    adv_top1_count=a1,
+                    adv_top5_count=a5,
                     attack_success_rate=broken / c1 if c1 else float("nan"),
-                    linf_max=lmax, linf_mean=lmean, l2_max=l2max, l2_mean=l2mean, n_attacked=att,
-                    created_at=created, finished_at=finished, flags=self.flags(run_id),
+                    linf_max=lmax,
+                    linf_mean=lmean,
+                    l2_max=l2max,
+                    l2_mean=l2mean,
+                    n_attacked=att,
+                    created_at=created,
+                    finished_at=finished,
+                    flags=self.flags(run_id),
                 )
             )
         return out
