@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -278,3 +279,24 @@ def test_kill_mid_commit_leaves_whole_chunks(tmp_path):
     _writer(str(path), [0, 1, 2, 3])
     assert store.committed_chunks(res.run_id) == {0, 1, 2, 3}
     assert store.examples(res.run_id) == random_outcomes(range(40), 7)[:8]
+
+
+def test_many_openers_of_a_fresh_store(tmp_path):
+    """torchrun ranks open a store that does not exist yet at the same moment: none may fail."""
+    path = tmp_path / "fresh.sqlite"
+    start, errors = threading.Barrier(8), []
+
+    def open_it():
+        start.wait()
+        try:
+            Store(path).close()
+        except Exception as err:  # collected and asserted below, not swallowed
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Store(path)._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

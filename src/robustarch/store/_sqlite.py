@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, fields
 from datetime import datetime, timezone
@@ -90,28 +92,42 @@ class Store:
             )
         if not self.path.parent.exists():
             raise RobustarchError(f"store folder {self.path.parent} does not exist")
-        try:
-            # autocommit mode: every write below opens its own explicit transaction
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL under WAL: a committed chunk survives a process crash; only power loss may drop the
-            # last commits, and then whole chunks, never part of one
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RobustarchError(
-                    f"store {self.path} has schema version {version}; this robustarch reads up to "
-                    f"{SCHEMA_VERSION}. Upgrade robustarch."
-                )
-            if version < SCHEMA_VERSION:
-                # executescript would commit the open transaction: run the statements one by one
-                with self._transaction():
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as err:
-            raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
+        # Setting WAL on a new file needs a moment of exclusive access that the busy timeout does not cover:
+        # processes opening a fresh store at once (torchrun ranks) retry it until ``timeout``.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._open(timeout)
+                return
+            except sqlite3.OperationalError as err:
+                if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                    raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
+                if getattr(self, "_db", None) is not None:
+                    self._db.close()
+                time.sleep(0.05 + 0.1 * random.random())
+            except sqlite3.DatabaseError as err:
+                raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
+
+    def _open(self, timeout: float) -> None:
+        # autocommit mode: every write below opens its own explicit transaction
+        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL under WAL: a committed chunk survives a process crash; only power loss may drop the
+        # last commits, and then whole chunks, never part of one
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RobustarchError(
+                f"store {self.path} has schema version {version}; this robustarch reads up to "
+                f"{SCHEMA_VERSION}. Upgrade robustarch."
+            )
+        if version < SCHEMA_VERSION:
+            # executescript would commit the open transaction: run the statements one by one
+            with self._transaction():
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _transaction(self) -> _Transaction:
