@@ -67,7 +67,7 @@ FULL = DemoPlan(
     epochs=2,
     test_limit=2000,
     paper_n=500,
-    standard_n=32,
+    standard_n=20,
 )
 QUICK = DemoPlan(
     models=(
@@ -261,9 +261,11 @@ def run_demo(
             for done in as_completed(training):
                 m = training[done]
                 trained[m.name] = done.result()
-                attacking[pool.submit(_evaluate, studies, [m.name], str(store), False)] = m
+                for study in studies:  # one task per preset: two workers may share one model's attacks
+                    attacking[pool.submit(_evaluate, [study], [m.name], str(store), False)] = m
             for done in as_completed(attacking):
-                attack_seconds[attacking[done].name] = done.result()
+                name = attacking[done].name
+                attack_seconds[name] = attack_seconds.get(name, 0.0) + done.result()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
