@@ -28,8 +28,8 @@ FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 # Cheaper settings for the slow attacks so the whole file stays fast on 2 cores; other attacks (and any
 # attack added later) run with their defaults.
 FAST = {
-    "apgd-ce": {"steps": 20},
-    "apgd-t": {"steps": 10, "n_target_classes": 3},
+    "apgd-ce": {"steps": 10},
+    "apgd-t": {"steps": 5, "n_target_classes": 2},
     "square": {"queries": 50},
 }
 PAIRS = [(name, profile) for name in ra.list_attacks() for profile in ra.attack_profiles(name)]
@@ -104,7 +104,7 @@ def trained_model_and_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor, boo
 @pytest.fixture(scope="module")
 def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     model, x, y, _ = trained_model_and_data()
-    return model, x[:128], y[:128]
+    return model, x[:64], y[:64]
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -266,7 +266,7 @@ def test_eps_zero_gives_back_clean_images(setup, name: str, profile: str) -> Non
 @pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
 def test_reproducible_from_a_generator(setup, name: str, profile: str) -> None:
     model, x, y = setup
-    x, y = x[:32], y[:32]
+    x, y = x[:16], y[:16]
     attack = make(name, profile)
     a1 = attack(model, x, y, generator=gen(7))
     a2 = attack(model, x, y, generator=gen(7))
