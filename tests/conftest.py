@@ -16,7 +16,9 @@ SHARED_REASON = (
     "set ROBUSTARCH_SHARED to point elsewhere"
 )
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: tests are many small ops, and several tests start subprocesses (torchrun ranks, demo
+# workers); with more threads than free cores OpenMP spin-waits and a test runs up to 40x slower.
+torch.set_num_threads(1)
 
 
 def shared_path(*parts: str) -> Path:
