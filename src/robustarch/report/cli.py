@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="render tables (Markdown, LaTeX, CSV) and figures (PNG, SVG) and one HTML page from a store",
         description="Render the paper's Tables 1-4 and Figures 1-3 from a results store, "
-        "with 95%% intervals, the paper's published values beside measured ones, reliability flags "
+        "with 95% intervals, the paper's published values beside measured ones, reliability flags "
         "and provenance.",
     )
     parser.add_argument("--store", help="results store (SQLite file written by evaluate / study run)")
