@@ -46,6 +46,7 @@ WORKER = textwrap.dedent(
     trainer.fit()
     if d.main:
         torch.save({"state": net.state_dict(), "history": trainer.history}, sys.argv[1] + "/final.pt")
+    d.close()
     """
 )
 

@@ -94,6 +94,15 @@ class _Dist:
     world: int = 1
     rank: int = 0
     local_rank: int = 0
+    owns_group: bool = False  # this process group was created here, so it is torn down here
+
+    def close(self) -> None:
+        """Tear down a process group we created: a process that exits with gloo's threads still running
+        aborts ("terminate called without an active exception")."""
+        if self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
 
     @property
     def main(self) -> bool:
@@ -102,11 +111,15 @@ class _Dist:
 
 def _init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    owns_group = False
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        owns_group = True
     if dist.is_available() and dist.is_initialized():
-        d = _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+        d = _Dist(
+            dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), owns_group
+        )
     else:
         d = _Dist()
     if device is None:
@@ -509,10 +522,17 @@ def resolve_recipe(config: TrainConfig, method: str, family: str, dataset_family
 
 def train(config: TrainConfig) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring."""
-    from robustarch import data, zoo  # imported here: the zoo imports every architecture file
-
     t0 = time.perf_counter()
     d, device = _init_distributed(config.device)
+    try:
+        return _train(config, d, device, t0)
+    finally:
+        d.close()
+
+
+def _train(config: TrainConfig, d: _Dist, device: torch.device, t0: float) -> TrainResult:
+    from robustarch import data, zoo  # imported here: the zoo imports every architecture file
+
     spec = zoo.get_spec(config.model, config.dataset)
     recipe = resolve_recipe(config, spec.method, spec.family, zoo.dataset_shape(config.dataset).family)
 
