@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from robustarch.cli import main
 from robustarch.errors import RobustarchError
@@ -18,16 +17,6 @@ from test_kill import snapshot
 from test_study import write_study
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine a second OpenMP thread that
-    waits for a busy core slows every op by up to 20x (measured): run these tests single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):

@@ -19,16 +19,6 @@ from test_store import make_key, random_outcomes
 TINY_RESNET = ModelSource("resnet18", overrides={"width": 4})
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine a second OpenMP thread that
-    waits for a busy core slows every op by up to 20x (measured): run these tests single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Pairs(torch.utils.data.Dataset):
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y

@@ -29,16 +29,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine a second OpenMP thread that
-    waits for a busy core slows every op by up to 20x (measured): run these tests single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_cifar10(root: Path, per_class: int = 4, seed: int = 0) -> Path:
     """A CIFAR-10 python release of ``10 * per_class`` generated images (class-dependent colour + noise)."""
     folder = root / "cifar-10-batches-py"

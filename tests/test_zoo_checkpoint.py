@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from robustarch.zoo._checkpoint import load_state_dict_strict, read_checkpoint, 
 
 SPECS = zoo.list_specs()
 SPEC_IDS = [f"{s.name}-{s.dataset_family}" for s in SPECS]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # these nets are tiny; a second OpenMP thread only adds barrier waits on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _dataset(spec: zoo.ModelSpec) -> str:

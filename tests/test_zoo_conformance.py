@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +42,6 @@ def _index_entries() -> list:
 
 
 ENTRIES = _index_entries()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # one OpenMP thread: float64 inference at batch 2 gains little from a second one, and on a busy 2-core
-    # machine a second thread turns every op into a barrier wait (measured: 5 min vs 1.5 min for this file)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fixture(entry: dict | None) -> dict:

@@ -4,7 +4,6 @@ load / list_models, close-name suggestions, and load()'s [0, 1]-input, normalizi
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,15 +30,6 @@ SPEC_IDS = [f"{s.name}-{s.dataset_family}" for s in SPECS]
 # every (entry, dataset) pair the registry can build for
 PAIRS = [(s, d) for s in SPECS for d, shape in DATASETS.items() if shape.family == s.dataset_family]
 PAIR_IDS = [f"{s.name}-{d}" for s, d in PAIRS]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # these nets are tiny; a second OpenMP thread only adds barrier waits on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_study_models_are_registered() -> None:
