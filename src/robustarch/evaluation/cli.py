@@ -32,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--preset", default=None, help="attack preset: paper, paper-defaults or standard")
     group.add_argument("--attacks", default=None, help="comma-separated attack ids (with --profile)")
     ev.add_argument("--profile", default="standard", help="profile for --attacks: paper or standard")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N examples")
+    ev.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate the first N examples (where the files are sorted by class, as in cifar10-jpeg, "
+        "these are one class: use --subset balanced:N)",
+    )
     ev.add_argument("--subset", default=None, help="subset: first:N, balanced:N[:SEED], ids:PATH")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=128)
