@@ -166,6 +166,40 @@ def _check_layers(layers: int) -> None:
         raise RobustarchError(f"a DARTS-style network needs layers >= 3 (two reduction cells), got {layers}")
 
 
+def stack_cells(
+    genotype: Genotype,
+    C_prev_prev: int,
+    C_prev: int,
+    C: int,
+    layers: int,
+    *,
+    reduction_prev: bool,
+    double_at_reduction: bool = True,
+    increment: int = 0,
+    se: bool = False,
+) -> tuple[nn.ModuleList, int, int]:
+    """The cell stack shared by the DARTS-family networks and NSGA-Net's pyramid network.
+
+    Reductions sit at cells ``layers//3`` and ``2*layers//3``. DARTS doubles the width there; NSGA-Net
+    instead grows it by ``increment`` after every cell. Returns the cells, the channel count of the last
+    cell's output and of cell ``2*layers//3`` (which feeds the auxiliary head).
+    """
+    cells = nn.ModuleList()
+    C_curr, C_to_auxiliary = C, C_prev
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction and double_at_reduction:
+            C_curr *= 2
+        cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, se=se)
+        reduction_prev = reduction
+        cells.append(cell)
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        if i == 2 * layers // 3:
+            C_to_auxiliary = C_prev
+        C_curr += increment
+    return cells, C_prev, C_to_auxiliary
+
+
 class _CellNetwork(nn.Module):
     """Shared forward of the cell stacks: run the cells, tap the auxiliary head after cell 2*layers//3."""
 
@@ -226,20 +260,9 @@ class NetworkCIFAR(_CellNetwork):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
         )
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        C_to_auxiliary = C_prev
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
-                C_to_auxiliary = C_prev
+        self.cells, C_prev, C_to_auxiliary = stack_cells(
+            genotype, C_curr, C_curr, C, layers, reduction_prev=False
+        )
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_to_auxiliary, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -284,20 +307,8 @@ class NetworkImageNet(_CellNetwork):
             nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(C),
         )
-        C_prev_prev, C_prev, C_curr = C, C, C
-        self.cells = nn.ModuleList()
-        reduction_prev = True
-        C_to_auxiliary = C_prev
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
-                C_to_auxiliary = C_prev
+        # the first cell reads stem0 (56x56) and stem1 (28x28): built as if the previous cell reduced
+        self.cells, C_prev, C_to_auxiliary = stack_cells(genotype, C, C, C, layers, reduction_prev=True)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_to_auxiliary, num_classes, bn_after_768=aux_head_bn)
         self.global_pooling = nn.AvgPool2d(7)

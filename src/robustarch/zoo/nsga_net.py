@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robustarch.zoo._registry import ModelSpec, register_model
-from robustarch.zoo.darts import NAS_CIFAR_NORMALIZATION, AuxiliaryHeadCIFAR, Cell, _check_layers
+from robustarch.zoo.darts import NAS_CIFAR_NORMALIZATION, AuxiliaryHeadCIFAR, _check_layers, stack_cells
 from robustarch.zoo.genotypes import CITATIONS, Genotype, as_genotype
 
 
@@ -49,19 +49,11 @@ class PyramidNetworkCIFAR(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
         )
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        C_to_auxiliary = C_prev
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, se=SE)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
-                C_to_auxiliary = C_prev
-            C_curr += increment
+        # widths grow by `increment` after every cell instead of doubling at reductions
+        self.cells, C_prev, C_to_auxiliary = stack_cells(
+            genotype, C_curr, C_curr, C, layers, reduction_prev=False,
+            double_at_reduction=False, increment=increment, se=SE,
+        )  # fmt: skip
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_to_auxiliary, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
