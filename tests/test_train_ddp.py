@@ -28,7 +28,7 @@ WORKER = textwrap.dedent(
     import sys, torch
     from torch import nn
     from robustarch import data
-    from robustarch.train import Trainer, get_recipe
+    from robustarch.train import Trainer, exit_process, get_recipe
     from robustarch.train.trainer import _init_distributed
     from robustarch.zoo import Normalized
 
@@ -47,6 +47,7 @@ WORKER = textwrap.dedent(
     if d.main:
         torch.save({"state": net.state_dict(), "history": trainer.history}, sys.argv[1] + "/final.pt")
     d.close()
+    exit_process(0)  # not a normal exit: DDP leaves gloo's threads running (docs/training.md)
     """
 )
 
@@ -87,3 +88,24 @@ def test_train_command_under_torchrun(tmp_path):
     meta = loaded.checkpoint_metadata
     assert meta["world_size"] == 2 and meta["n_test"] == 64 and meta["recipe"] == "handcrafted-cifar"
     assert meta["overrides"] == {"width": 8, "layers": [1, 1, 1, 1]}
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_exit_process_flushes_output_and_keeps_the_exit_code(fast):
+    """The entry point's exit after DDP (os._exit) must not lose buffered output or the command's status."""
+    code = textwrap.dedent(
+        f"""
+        import logging, sys
+        from robustarch._runtime import exit_process, request_fast_exit
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        print("result line")  # block-buffered: stdout is a pipe
+        logging.getLogger("robustarch").info("log line")
+        if {fast}:
+            request_fast_exit("test")
+        exit_process(3)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stdout == "result line\n"
+    assert "log line" in proc.stderr

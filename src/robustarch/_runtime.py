@@ -6,15 +6,20 @@
 - :func:`prepare_for_attack` returns an evaluation copy of a model with BatchNorm folded into the preceding
   convolutions and channels_last memory format, after checking on a real batch that its logits stay within
   a tolerance (default 1e-5) of the unmodified model; otherwise it falls back to a less transformed copy.
+- :func:`request_fast_exit` / :func:`exit_process`: how the command-line entry point ends a process that
+  cannot be finalized safely (see :func:`request_fast_exit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +34,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 _TUNED = False
+_FAST_EXIT_REASON: str | None = None
 
 
 def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
@@ -178,3 +184,31 @@ def _eval_copy(model: nn.Module) -> nn.Module:
     for p in prepared.parameters():
         p.requires_grad_(False)
     return prepared
+
+
+def request_fast_exit(reason: str) -> None:
+    """Ask the command-line entry point to end this process with ``os._exit`` once its command has returned
+    and its output is flushed, skipping interpreter finalization.
+
+    Why: torch 2.13's ``DistributedDataParallel`` keeps its C++ reducer, and through it the gloo process
+    group, alive after the wrapper is gone, so ``destroy_process_group`` cannot stop gloo's threads
+    (``pt_gloo_runloop``, ``gloo_tcp_loop``). A process that then exits normally sometimes aborts during
+    finalization ("terminate called without an active exception", SIGABRT), and torchrun reports the run as
+    failed although every result was written. Library callers are unaffected: only :func:`exit_process`
+    acts on the request."""
+    global _FAST_EXIT_REASON
+    _FAST_EXIT_REASON = reason
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code``: ``sys.exit`` normally, ``os._exit`` after flushing if
+    :func:`request_fast_exit` was called (only entry points call this, never library code or tests)."""
+    if _FAST_EXIT_REASON is None:
+        sys.exit(code)
+    log.debug("exiting without finalization: %s", _FAST_EXIT_REASON)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed or broken pipe must not turn success into a traceback
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

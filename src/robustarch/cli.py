@@ -55,5 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The process entry point (the ``robustarch`` script and ``python -m robustarch``): :func:`main`, then
+    an exit that is safe after distributed training (see ``robustarch._runtime.request_fast_exit``)."""
+    from robustarch._runtime import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

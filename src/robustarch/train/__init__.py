@@ -1,6 +1,7 @@
 """Training networks of the zoo with the published recipes (``robustarch train``), and the offline demo
 (``robustarch demo``). See docs/training.md."""
 
+from robustarch._runtime import exit_process
 from robustarch.train.recipes import RECIPES, Augment, Recipe, default_recipe, get_recipe, list_recipes
 from robustarch.train.trainer import TrainConfig, Trainer, TrainResult, dataset_hash, train
 
@@ -13,6 +14,7 @@ __all__ = [
     "Trainer",
     "dataset_hash",
     "default_recipe",
+    "exit_process",
     "get_recipe",
     "list_recipes",
     "train",

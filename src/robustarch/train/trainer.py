@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from robustarch._runtime import request_fast_exit
 from robustarch.errors import RobustarchError
 from robustarch.train.augment import augment_batch
 from robustarch.train.recipes import Recipe, default_recipe, get_recipe
@@ -280,6 +281,7 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            request_fast_exit("DistributedDataParallel keeps the process group's threads alive")
         self.model = model
         if recipe.drop_path and not _set_drop_path(self.net, 0.0):
             log.warning("recipe %s asks for drop path; the network has no drop-path attribute", recipe.name)
