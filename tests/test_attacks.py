@@ -432,12 +432,74 @@ def test_prepare_for_attack_keeps_logits_and_leaves_model_alone(setup, which: st
     prepared, info = prepare_for_attack(model, x)
     assert info.folded_batchnorm > 0 and info.channels_last
     assert info.max_abs_logit_diff <= 1e-5
+    # the CIFAR ResNet-18's layer4 runs its three 512->512 3x3 convolutions on 2x2 maps (the strided one
+    # and the 1x1 shortcut read 4x4 maps, where the dense map would cost more)
+    assert info.dense_convolutions == (3 if which == "resnet18" else 0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in prepared.modules())
     with torch.no_grad():
         assert float((prepared(x) - model(x)).abs().max()) <= 1e-5
+    # the input gradient an attack follows is the original model's, to float tolerance
+    grads = []
+    for net in (model, prepared):
+        xg = x.clone().requires_grad_(True)
+        nn.functional.cross_entropy(net(xg), torch.arange(len(x)) % 10).backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
     assert prepared is not model and not model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+# convolutions over tiny feature maps, computed as dense linear maps by prepare_for_attack
+DENSE_CASES = {
+    "3x3 pad 1 on 2x2": (dict(in_channels=16, out_channels=24, kernel_size=3, padding=1), (16, 2, 2)),
+    "no bias": (dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, bias=False), (8, 2, 2)),
+    "stride 2 on 3x3": (dict(in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=1), (8, 3, 3)),
+    "dilation 2": (dict(in_channels=8, out_channels=8, kernel_size=3, padding=2, dilation=2), (8, 2, 2)),
+    "groups 4": (dict(in_channels=8, out_channels=8, kernel_size=5, padding=2, groups=4), (8, 2, 2)),
+    "reflect padding": (dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, padding_mode="reflect"),
+                        (6, 2, 2)),
+    "circular 1x3": (dict(in_channels=4, out_channels=5, kernel_size=(1, 3), padding=(0, 1),
+                          padding_mode="circular"), (4, 1, 1)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("case", list(DENSE_CASES))
+def test_dense_convolution_equals_the_convolution(case: str, layout: str, onednn: bool) -> None:
+    from robustarch._runtime import _DenseConv2d
+
+    kwargs, chw = DENSE_CASES[case]
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**kwargs).eval().requires_grad_(False)
+    dense = _DenseConv2d(conv, chw)
+    dense.onednn = onednn and dense.onednn
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(5, *chw, generator=gen(1)).contiguous(memory_format=fmt)
+    outs, grads = [], []
+    for net in (conv, dense):
+        xg = x.clone().requires_grad_(True)
+        y = net(xg)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y)
+        grads.append(xg.grad)
+    assert outs[1].shape == outs[0].shape
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+    other = torch.randn(2, chw[0], chw[1] + 2, chw[2] + 2, generator=gen(2))  # another size: the convolution
+    assert torch.equal(dense(other), conv(other))
+
+
+def test_dense_convolution_is_chosen_only_where_it_saves_half_the_work() -> None:
+    from robustarch._runtime import dense_convolution_pays
+
+    conv3 = nn.Conv2d(512, 512, 3, padding=1)
+    assert dense_convolution_pays(conv3, (512, 2, 2))  # 4 of 9 taps: 4/9 of the multiply-adds
+    assert not dense_convolution_pays(conv3, (512, 4, 4))  # 16 > 9: the dense map costs more
+    assert not dense_convolution_pays(nn.Conv2d(512, 512, 1), (512, 2, 2))  # 1x1: never cheaper
+    assert dense_convolution_pays(nn.Conv2d(64, 64, 3, padding=1), (64, 1, 1))
+    assert not dense_convolution_pays(conv3, (512, 2, 2), max_entries=2048 * 2048 - 1)  # matrix too large
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------
