@@ -2,8 +2,9 @@
 robustarch.zoo, batch 128, CPU float32).
 
 Part 1 (one process, default allocator for both): images/s of FGSM, R-FGSM, StepLL, PGD-10, APGD-CE-10 and
-Square-100 queries, robustarch (on ``prepare_for_attack``'s copy: BatchNorm folded, channels_last; logits
-within 1e-5) vs torchattacks (on the model as loaded), the ratio, and each one's ratio to its floor
+Square-100 queries, robustarch (on ``prepare_for_attack``'s copy: BatchNorm folded, channels_last,
+convolutions on 2x2 maps as dense linear maps; logits within 1e-5) vs torchattacks (on the model as
+loaded), the ratio, and each one's ratio to its floor
 (gradient steps x forward+backward to the input + one forward, timed on the model it attacks).
 
 Part 2 (whole processes, so process-level settings count): PGD-10 through robustarch's own entry point

@@ -459,8 +459,8 @@ class Engine:
 
     def _prepared(self, job: ModelJob) -> nn.Module:
         """The model to attack: with ``prepare``, ``robustarch._runtime.prepare_for_attack``'s faster copy
-        (BatchNorm folded, channels_last), checked on the job's first chunk, the same batch in every process
-        and every resume, so the choice it makes is the same everywhere."""
+        (BatchNorm folded, channels_last, convolutions on tiny maps dense), checked on the job's first chunk,
+        the same batch in every process and every resume, so the choice it makes is the same everywhere."""
         runtime = _runtime()
         if runtime is not None and hasattr(runtime, "tune_allocator"):
             # glibc otherwise mmaps and page-faults every large activation afresh until its dynamic
