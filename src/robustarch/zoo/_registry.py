@@ -145,6 +145,55 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def register_cifar_and_torchvision(
+    name: str,
+    *,
+    method: str,
+    paper: str,
+    builder: Callable[..., nn.Module],
+    source: str,
+    architecture: dict[str, Any],
+    torchvision_file: str,
+    quick_overrides: dict[str, Any],
+    key_rewrites: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Register a handcrafted network the way the study used it: huyvnphan/PyTorch_CIFAR10's 2019 adaptation
+    (``stem="cifar"``) for CIFAR-family data and torchvision's layout (``stem="imagenet"``) for ImageNet.
+    ``source`` names the file and class in both repositories, e.g. ``"resnet.py ResNet"``."""
+    for dataset_family, stem, reference, weights, normalization in (
+        (
+            "cifar",
+            "cifar",
+            f"huyvnphan/PyTorch_CIFAR10@ff9ada1 cifar10_models/{source} ({name})",
+            HUYVNPHAN_CIFAR10_WEIGHTS.format(name=name),
+            cifar_normalization(CIFAR10_HUYVNPHAN_STATS),
+        ),
+        (
+            "imagenet",
+            "imagenet",
+            f"pytorch/vision@f122815 (0.29.2) torchvision/models/{source} ({name})",
+            f"torchvision IMAGENET1K_V1: https://download.pytorch.org/models/{torchvision_file}",
+            {"*": IMAGENET_STATS},
+        ),
+    ):
+        register_model(
+            ModelSpec(
+                name=name,
+                dataset_family=dataset_family,  # type: ignore[arg-type]
+                family="handcrafted",
+                method=method,
+                paper=paper,
+                builder=builder,
+                reference=reference,
+                weights=weights,
+                normalization=normalization,
+                defaults={"*": {**architecture, "stem": stem}},
+                key_rewrites=key_rewrites,
+                quick_overrides=dict(quick_overrides),
+            )
+        )
+
+
 def get_spec(name: str, dataset: str) -> ModelSpec:
     shape = dataset_shape(dataset)
     try:

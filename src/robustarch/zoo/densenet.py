@@ -21,14 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustarch.errors import RobustarchError
-from robustarch.zoo._registry import (
-    CIFAR10_HUYVNPHAN_STATS,
-    HUYVNPHAN_CIFAR10_WEIGHTS,
-    IMAGENET_STATS,
-    ModelSpec,
-    cifar_normalization,
-    register_model,
-)
+from robustarch.zoo._registry import register_cifar_and_torchvision
 
 
 class DenseLayer(nn.Module):
@@ -185,35 +178,14 @@ _DEPTHS = (
 )
 
 for _name, _method, _blocks, _file in _DEPTHS:
-    register_model(
-        ModelSpec(
-            name=_name,
-            dataset_family="cifar",
-            family="handcrafted",
-            method=_method,
-            paper=_PAPER,
-            builder=densenet,
-            reference=f"huyvnphan/PyTorch_CIFAR10@ff9ada1 cifar10_models/densenet.py DenseNet ({_name})",
-            weights=HUYVNPHAN_CIFAR10_WEIGHTS.format(name=_name),
-            normalization=cifar_normalization(CIFAR10_HUYVNPHAN_STATS),
-            defaults={"*": {"block_config": _blocks, "stem": "cifar"}},
-            key_rewrites=LEGACY_KEYS,
-            quick_overrides={"width": 4},
-        )
-    )
-    register_model(
-        ModelSpec(
-            name=_name,
-            dataset_family="imagenet",
-            family="handcrafted",
-            method=_method,
-            paper=_PAPER,
-            builder=densenet,
-            reference=f"pytorch/vision@f122815 (0.29.2) torchvision/models/densenet.py DenseNet ({_name})",
-            weights=f"torchvision IMAGENET1K_V1: https://download.pytorch.org/models/{_file}",
-            normalization={"*": IMAGENET_STATS},
-            defaults={"*": {"block_config": _blocks, "stem": "imagenet"}},
-            key_rewrites=LEGACY_KEYS,
-            quick_overrides={"width": 4},
-        )
+    register_cifar_and_torchvision(
+        _name,
+        method=_method,
+        paper=_PAPER,
+        builder=densenet,
+        source="densenet.py DenseNet",
+        architecture={"block_config": _blocks},
+        torchvision_file=_file,
+        quick_overrides={"width": 4},
+        key_rewrites=LEGACY_KEYS,
     )

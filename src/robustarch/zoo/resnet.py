@@ -15,14 +15,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from robustarch.errors import RobustarchError
-from robustarch.zoo._registry import (
-    CIFAR10_HUYVNPHAN_STATS,
-    HUYVNPHAN_CIFAR10_WEIGHTS,
-    IMAGENET_STATS,
-    ModelSpec,
-    cifar_normalization,
-    register_model,
-)
+from robustarch.zoo._registry import register_cifar_and_torchvision
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -160,8 +153,6 @@ def resnet(
 
 
 _PAPER = "He, Zhang, Ren & Sun, Deep Residual Learning for Image Recognition, CVPR 2016"
-_CIFAR_NORMALIZATION = cifar_normalization(CIFAR10_HUYVNPHAN_STATS)
-_TV_URL = "torchvision IMAGENET1K_V1: https://download.pytorch.org/models/{file}"
 
 # (name, method, architecture arguments, torchvision weight file)
 _DEPTHS = (
@@ -170,33 +161,13 @@ _DEPTHS = (
 )
 
 for _name, _method, _arch, _file in _DEPTHS:
-    register_model(
-        ModelSpec(
-            name=_name,
-            dataset_family="cifar",
-            family="handcrafted",
-            method=_method,
-            paper=_PAPER,
-            builder=resnet,
-            reference=f"huyvnphan/PyTorch_CIFAR10@ff9ada1 cifar10_models/resnet.py ResNet ({_name})",
-            weights=HUYVNPHAN_CIFAR10_WEIGHTS.format(name=_name),
-            normalization=_CIFAR_NORMALIZATION,
-            defaults={"*": {**_arch, "stem": "cifar"}},
-            quick_overrides={"width": 8},
-        )
-    )
-    register_model(
-        ModelSpec(
-            name=_name,
-            dataset_family="imagenet",
-            family="handcrafted",
-            method=_method,
-            paper=_PAPER,
-            builder=resnet,
-            reference=f"pytorch/vision@f122815 (0.29.2) torchvision/models/resnet.py ResNet ({_name})",
-            weights=_TV_URL.format(file=_file),
-            normalization={"*": IMAGENET_STATS},
-            defaults={"*": {**_arch, "stem": "imagenet"}},
-            quick_overrides={"width": 8},
-        )
+    register_cifar_and_torchvision(
+        _name,
+        method=_method,
+        paper=_PAPER,
+        builder=resnet,
+        source="resnet.py ResNet",
+        architecture=_arch,
+        torchvision_file=_file,
+        quick_overrides={"width": 8},
     )
