@@ -500,6 +500,32 @@ def test_dense_convolution_is_chosen_only_where_it_saves_half_the_work() -> None
     assert not dense_convolution_pays(nn.Conv2d(512, 512, 1), (512, 2, 2))  # 1x1: never cheaper
     assert dense_convolution_pays(nn.Conv2d(64, 64, 3, padding=1), (64, 1, 1))
     assert not dense_convolution_pays(conv3, (512, 2, 2), max_entries=2048 * 2048 - 1)  # matrix too large
+    assert not dense_convolution_pays(nn.Conv2d(8, 8, 3, padding="same"), (8, 2, 2))
+
+
+def test_dense_convolution_shared_module_and_other_input_sizes() -> None:
+    """A convolution module used twice becomes one dense module; one that sees two input sizes stays."""
+    from robustarch._runtime import _DenseConv2d, _densify_small_convolutions
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = nn.Conv2d(8, 8, 3, padding=1)
+            self.twice = nn.Sequential(self.shared, nn.ReLU(), self.shared)
+            self.sizes = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.twice(x)
+            return self.sizes(y).mean((2, 3)) + self.sizes(nn.functional.pad(y, (1, 1, 1, 1))).mean((2, 3))
+
+    torch.manual_seed(0)
+    net = Net().eval().requires_grad_(False)
+    x = torch.randn(3, 8, 2, 2, generator=gen(0))
+    reference = net(x)
+    dense, count = _densify_small_convolutions(net, x)
+    assert count == 1 and isinstance(dense.shared, _DenseConv2d) and dense.twice[0] is dense.twice[2]
+    assert type(dense.sizes) is nn.Conv2d
+    torch.testing.assert_close(dense(x), reference, rtol=1e-5, atol=1e-5)
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------

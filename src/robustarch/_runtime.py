@@ -18,6 +18,7 @@ import contextlib
 import copy
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -130,10 +131,20 @@ def _fold_batchnorm_recursive(model: nn.Module) -> tuple[nn.Module, int]:
     return model, folds
 
 
+@functools.cache
 def _onednn_linear_available() -> bool:
-    """Whether torch exposes oneDNN's fp32 linear (the op torch.compile's CPU backend uses). On this project's
-    AMD CPU it runs a 128x2048x2048 GEMM at ~440 GFLOP/s where ``torch.mm`` (MKL) reaches ~180."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether torch's oneDNN fp32 linear (the op torch.compile's CPU backend uses) exists and works here. On
+    this project's AMD CPU it runs a 128x2048x2048 GEMM at ~440 GFLOP/s where ``torch.mm`` (MKL) reaches
+    ~180. A private op: anything unexpected means "no", and the plain ``linear`` is used."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    try:
+        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        return bool(torch.equal(y, torch.full((2, 4), 3.0)))
+    except Exception as err:  # a private op's failure modes are not documented
+        log.debug("oneDNN linear unavailable (%s); dense convolutions use torch's linear", err)
+        return False
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
@@ -203,13 +214,15 @@ def dense_convolution_pays(conv: nn.Conv2d, in_chw: tuple[int, int, int], max_en
     """Whether :class:`_DenseConv2d` does at most half the multiply-adds of ``conv`` on inputs of shape
     ``in_chw`` (a feature map smaller than half the kernel window, e.g. 2x2 under 3x3) and its matrix has at
     most ``max_entries`` entries (64 MiB in float32; it is stored twice, with its transpose)."""
+    if isinstance(conv.padding, str):  # "same" / "valid": rare in the zoo, not worth the special cases
+        return False
     c, h, w = in_chw
     kh, kw = conv.kernel_size
     in_features = c * h * w
     # output size of the convolution, as torch computes it
     oh = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
     ow = (w + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
-    if isinstance(conv.padding, str) or oh < 1 or ow < 1:
+    if oh < 1 or ow < 1:
         return False
     out_features = conv.out_channels * oh * ow
     dense_macs = in_features * out_features
@@ -238,13 +251,14 @@ def _densify_small_convolutions(model: nn.Module, example: Tensor) -> tuple[nn.M
         for conv, shapes in seen.items()
         if len(shapes) == 1 and dense_convolution_pays(conv, next(iter(shapes)))  # type: ignore[arg-type]
     }
-    count = 0
+    dense: dict[nn.Module, _DenseConv2d] = {}  # one per convolution, also where a module is reused
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # not named_children(): it skips repeats
             if child in chosen:
-                setattr(parent, name, _DenseConv2d(child, chosen[child]))  # type: ignore[arg-type]
-                count += 1
-    return model, count
+                if child not in dense:
+                    dense[child] = _DenseConv2d(child, chosen[child])  # type: ignore[arg-type]
+                setattr(parent, name, dense[child])
+    return model, len(dense)
 
 
 def prepare_for_attack(
