@@ -480,7 +480,10 @@ def test_markdown_numbers_all_come_from_the_store(built):
         allowed.add(rec["params_m"])
     dnha = list(csv.DictReader((written["csv"].parent / "dnha.csv").open(encoding="utf-8")))
     for d in dnha:
-        for key in ("nas_pct", "hand_pct", "dnha_pp", "ci_lo_pp", "ci_hi_pp", "paper_dnha_pp"):
+        for key in (
+            "nas_pct", "hand_pct", "dnha_pp", "ci_lo_pp", "ci_hi_pp",
+            "selection_ci_lo_pp", "selection_ci_hi_pp", "paper_dnha_pp",
+        ):  # fmt: skip
             if d[key]:
                 allowed.update({f"{float(d[key]):.2f}", f"{float(d[key]):+.2f}"})
     checked = 0
@@ -552,6 +555,13 @@ def test_dnha_rows_from_the_store(built):
             assert float(d["paper_dnha_pp"]) == pytest.approx(want, abs=1e-6)
         checked += 1
     assert checked >= 12
+    # one study, one subset per table: every model has outcomes on the same examples, so the
+    # selection-aware bootstrap interval is there, around the observed DNHA
+    with_selection = [d for d in rows if d["column"] != "worst" and d["selection_ci_lo_pp"]]
+    assert len(with_selection) >= 12
+    for d in with_selection:
+        lo, hi = float(d["selection_ci_lo_pp"]), float(d["selection_ci_hi_pp"])
+        assert lo - 1e-6 <= float(d["dnha_pp"]) <= hi + 1e-6
     # the JPEG table's worst case is a minimum over runs on different examples: no pairing possible
     jpeg_worst = [d for d in rows if d["dataset"] == "cifar10-jpeg" and d["column"] == "worst"]
     assert jpeg_worst and all(d["ci_method"] == "unpaired (Newcombe)" for d in jpeg_worst)
@@ -842,3 +852,31 @@ models = [
         assert rec["dataset_label"] == "CIFAR-10 (JPEG q75)" and rec["paper_dataset"] == "cifar10"
         assert rec["paper_printed"]  # the paper preset is the paper's setting: its CIFAR-10 value is beside
     assert "CIFAR-10 (JPEG q75)" in written["md"].read_text(encoding="utf-8")
+
+
+def test_selection_bootstrap_interval_accounts_for_picking_the_best():
+    from robustarch.report.analysis import paired_interval, selection_bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    # one model per side: the paired bootstrap agrees with the Agresti-Min interval
+    a, b = rng.random(n) < 0.80, rng.random(n) < 0.74
+    boot = selection_bootstrap_interval(a[None], b[None])
+    cells = (a & b, a & ~b, ~a & b, ~a & ~b)
+    exact = paired_interval(*(int(c.sum()) for c in cells))
+    assert boot == pytest.approx(exact, abs=0.004)
+    assert selection_bootstrap_interval(a[None], b[None]) == boot  # seeded
+    # five equally good models per side: the same interval as the textbook bootstrap written out here
+    # (redraw example indices, take both maxima again), up to Monte Carlo error
+    nas, hand = rng.random((5, n)) < 0.8, rng.random((5, n)) < 0.8
+    lo, hi = selection_bootstrap_interval(nas, hand)
+    idx = np.random.default_rng(1).integers(0, n, size=(4000, n))
+    diffs = nas[:, idx].mean(2).max(0) - hand[:, idx].mean(2).max(0)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])), abs=0.004)
+    observed = nas.mean(1).max() - hand.mean(1).max()
+    assert lo < 0 < hi and lo <= observed <= hi
+    # a clear gap is found as one
+    lo, hi = selection_bootstrap_interval(rng.random((3, n)) < 0.9, rng.random((3, n)) < 0.6)
+    assert 0.25 < lo < hi < 0.35
+    with pytest.raises(ValueError, match="same examples"):
+        selection_bootstrap_interval(nas, hand[:, :10])

@@ -30,6 +30,10 @@ class DNHA:
     intervals (Newcombe 1998, method 10), which treats them as independent. ``ci_method`` says which.
     ``exceeds`` says whether the interval excludes 0, i.e. whether the NAS-vs-handcrafted difference is
     larger than its uncertainty. Neither interval accounts for the two maxima having been selected.
+
+    ``selection_ci`` does: where every model of both groups has per-example outcomes on the same examples,
+    it is a paired percentile bootstrap of max(NAS) - max(handcrafted) that resamples the examples and
+    re-selects both maxima in every resample (:func:`selection_bootstrap_interval`).
     """
 
     table_id: str
@@ -49,6 +53,7 @@ class DNHA:
     exceeds: bool | None
     paper: float | None = None  # the same quantity from the paper's tables, where the setting matches
     ci_method: str = ""
+    selection_ci: tuple[float, float] | None = None
 
     @property
     def value(self) -> float:
@@ -76,6 +81,45 @@ def paired_interval(both: int, only1: int, only2: int, neither: int, z: float = 
     return (max(-1.0, d - half), min(1.0, d + half))
 
 
+def selection_bootstrap_interval(
+    nas: np.ndarray, hand: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``max(nas accuracies) - max(hand accuracies)`` from per-example
+    outcomes (boolean arrays, models x examples, the same examples in the same order in both).
+
+    Each resample draws the examples with replacement (the same draw for every model, so the pairing is
+    kept) and takes both maxima again, so the interval includes the uncertainty of which model is best
+    (Efron & Tibshirani 1993, ch. 13). Seeded: the same outcomes give the same interval."""
+    if nas.ndim != 2 or hand.ndim != 2 or nas.shape[1] != hand.shape[1] or nas.shape[1] == 0:
+        raise ValueError("outcomes must be (models, examples) arrays over the same examples")
+    n = nas.shape[1]
+    # Examples with the same right/wrong pattern over the models are interchangeable, so drawing n examples
+    # is drawing n patterns with probabilities count / n: the same bootstrap, on a few hundred categories.
+    patterns, counts = np.unique(np.concatenate([nas, hand]).T, axis=0, return_counts=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, counts / n, size=resamples)  # resamples x patterns
+    acc = draws @ patterns.astype(np.float64) / n  # resamples x models
+    diffs = acc[:, : len(nas)].max(1) - acc[:, len(nas) :].max(1)
+    tail = (1.0 - level) / 2
+    lo, hi = np.quantile(diffs, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def _group_outcomes(
+    store: Outcomes | None, rows: Sequence[Row], column: str, metric: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(example keys, models x examples outcomes) of the rows of a group that have a value in ``column``
+    (the candidates for its maximum), if all of them cover the same examples."""
+    keys, stacked = None, []
+    for row in _candidates(rows, column, metric):
+        got = cell_outcomes(store, row.cells[column], column == CLEAN, metric)
+        if got is None or not len(got[0]) or (keys is not None and not np.array_equal(got[0], keys)):
+            return None
+        keys = got[0]
+        stacked.append(got[1])
+    return None if keys is None else (keys, np.stack(stacked))
+
+
 def cell_outcomes(
     store: Outcomes | None, cell: Cell, clean: bool, metric: str
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -90,10 +134,13 @@ def cell_outcomes(
     return runs[0]["key"], np.logical_and.reduce([r[attr] for r in runs])
 
 
+def _candidates(rows: Sequence[Row], column: str, metric: str) -> list[Row]:
+    return [r for r in rows if column in r.cells and metric in r.cells[column].values]
+
+
 def _best(rows: Sequence[Row], column: str, metric: str) -> Row | None:
-    have = [r for r in rows if column in r.cells and metric in r.cells[column].values]
     # ties go to the first row in table order, so the choice is deterministic
-    return max(have, key=lambda r: r.cells[column].values[metric], default=None)
+    return max(_candidates(rows, column, metric), key=lambda r: r.cells[column].values[metric], default=None)
 
 
 def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]:
@@ -125,6 +172,11 @@ def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]
                 method = "unpaired (Newcombe)"
             if ci is not None:
                 exceeds = ci[0] > 0 or ci[1] < 0
+            selection_ci = None
+            group_nas = _group_outcomes(store, nas, col.key, metric)
+            group_hand = _group_outcomes(store, hand, col.key, metric)
+            if group_nas and group_hand and np.array_equal(group_nas[0], group_hand[0]):
+                selection_ci = selection_bootstrap_interval(group_nas[1], group_hand[1])
             paper = None
             if (
                 with_paper
@@ -154,6 +206,7 @@ def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]
                     exceeds,
                     paper,
                     method,
+                    selection_ci,
                 )
             )
     return out

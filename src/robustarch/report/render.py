@@ -121,6 +121,10 @@ def md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f"[{signed(ci[0])}, {signed(ci[1])}]"
+
+
 def dnha_grid(rows: Sequence[DNHA]) -> tuple[list[str], list[list[str]]]:
     header = [
         "Dataset",
@@ -134,6 +138,7 @@ def dnha_grid(rows: Sequence[DNHA]) -> tuple[list[str], list[list[str]]]:
         "95% CI (pp)",
         "CI method",
         "Exceeds uncertainty",
+        "Selection-aware 95% CI (pp)",
         "Paper DNHA (pp)",
     ]
     body = []
@@ -148,9 +153,10 @@ def dnha_grid(rows: Sequence[DNHA]) -> tuple[list[str], list[list[str]]]:
                 d.hand_model,
                 pct(d.hand_value),
                 signed(d.value),
-                "" if d.ci is None else f"[{signed(d.ci[0])}, {signed(d.ci[1])}]",
+                _interval(d.ci),
                 d.ci_method,
                 {True: "yes", False: "no", None: "n/a"}[d.exceeds],
+                _interval(d.selection_ci),
                 signed(d.paper),
             ]
         )
@@ -487,6 +493,8 @@ def dnha_records(rows: Sequence[DNHA]) -> list[dict[str, Any]]:
             "ci_hi_pp": "" if d.ci is None else f"{100 * d.ci[1]:.6f}",
             "exceeds_uncertainty": {True: "yes", False: "no", None: ""}[d.exceeds],
             "ci_method": d.ci_method,
+            "selection_ci_lo_pp": "" if d.selection_ci is None else f"{100 * d.selection_ci[0]:.6f}",
+            "selection_ci_hi_pp": "" if d.selection_ci is None else f"{100 * d.selection_ci[1]:.6f}",
             "paper_dnha_pp": "" if d.paper is None else f"{100 * d.paper:.6f}",
         }
         for d in rows
