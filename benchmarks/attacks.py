@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_name  # benchmarks/_machine.py (scripts run from this folder)
+
 REPO = Path(__file__).resolve().parents[1]
 
 PLAIN_TORCHATTACKS = r"""
@@ -57,14 +59,6 @@ for _ in range(repeats):
 torch.save(adv, out)
 print(json.dumps({"impl": "torchattacks", "seconds": times, "threads": torch.get_num_threads()}))
 """
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def load_avg() -> str:

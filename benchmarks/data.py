@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,20 +23,9 @@ import torch
 from PIL import Image
 
 import robustarch.data as rdata
+from _machine import SHARED, cpu_name  # benchmarks/_machine.py (scripts run from this folder)
 from robustarch.data import cache
 from robustarch.data._dataset import default_threads
-
-SHARED = Path(os.environ.get("ROBUSTARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_imagenet_like(folder: Path, n: int) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,18 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHARED = Path(os.environ.get("ROBUSTARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from _machine import SHARED, cpu_name  # benchmarks/_machine.py (scripts run from this folder)
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def dataset_table(tmp: Path, n: int) -> tuple[str, str]:
