@@ -306,9 +306,10 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in text)
 
 
-def tex_table(table: Table) -> str:
-    header, body = table_grid(table)
-    spec = "ll" + "r" * (len(header) - 2)
+def _tex_float(
+    header: Sequence[str], body: Sequence[Sequence[str]], spec: str, caption: str, label: str = ""
+) -> str:
+    """A booktabs table float: ``caption`` is LaTeX (escape text first), the cells are escaped here."""
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -319,15 +320,17 @@ def tex_table(table: Table) -> str:
         r"\midrule",
     ]
     lines += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in body]
-    lines += [
-        r"\bottomrule",
-        r"\end{tabular}",
-        rf"\caption{{{tex_escape(table.title)}}}",
-        rf"\label{{tab:{table.id}}}",
-        r"\end{table}",
-        "",
-    ]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}"]
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
+
+
+def tex_table(table: Table) -> str:
+    header, body = table_grid(table)
+    spec = "ll" + "r" * (len(header) - 2)
+    return _tex_float(header, body, spec, tex_escape(table.title), f"tab:{table.id}")
 
 
 def write_latex(path: Path, tables: Sequence[Table], dnha_rows: Sequence[DNHA]) -> None:
@@ -335,23 +338,8 @@ def write_latex(path: Path, tables: Sequence[Table], dnha_rows: Sequence[DNHA]) 
     parts += [tex_table(t) for t in tables]
     if dnha_rows:
         header, body = dnha_grid(dnha_rows)
-        parts += [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\scriptsize",
-            rf"\begin{{tabular}}{{lll{'r' * (len(header) - 3)}}}",
-            r"\toprule",
-            " & ".join(tex_escape(h) for h in header) + r" \\",
-            r"\midrule",
-        ]
-        parts += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in body]
-        parts += [
-            r"\bottomrule",
-            r"\end{tabular}",
-            r"\caption{DNHA = max(NAS) $-$ max(handcrafted)}",
-            r"\end{table}",
-            "",
-        ]
+        spec = "lll" + "r" * (len(header) - 3)
+        parts.append(_tex_float(header, body, spec, r"DNHA = max(NAS) $-$ max(handcrafted)"))
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
