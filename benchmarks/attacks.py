@@ -93,7 +93,7 @@ def part1(ckpt: str, threads: int, batch: int, repeats: int) -> list[dict]:
 
     import robustarch.attacks as ra
     from robustarch import zoo
-    from robustarch._runtime import prepare_for_attack
+    from robustarch.runtime import prepare_for_attack
 
     torch.set_num_threads(threads)
     model = zoo.load("resnet18", "cifar10", weights=ckpt)

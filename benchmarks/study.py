@@ -12,7 +12,7 @@ speed is measured) under the study's four attacks: FGSM eps 0.007; R-FGSM eps 0.
   ``torchattacks.X(model, ...)(images, labels)`` then a forward, accumulating top-1 counts (nothing stored).
   StepLL is torchattacks' BIM in ``set_mode_targeted_least_likely`` mode (3.x has no StepLL class).
 
-- ``torchattacks loop, glibc allocator tuned``: the same loop after ``robustarch._runtime.tune_allocator()``,
+- ``torchattacks loop, glibc allocator tuned``: the same loop after ``robustarch.runtime.tune_allocator()``,
   which the robustarch CLI and engine call: it separates the allocator's share of the difference.
 
 Each measurement runs in a fresh process (wall and CPU time, all threads, measured inside it after the
@@ -143,7 +143,7 @@ def measure(variant: str, n: int, batch: int, model: str) -> float:
         tmp = Path(d)
         if variant.startswith("ta"):
             if variant == "ta-tuned":
-                from robustarch._runtime import tune_allocator
+                from robustarch.runtime import tune_allocator
 
                 tune_allocator()
             return run_torchattacks(tmp, n, batch, model)

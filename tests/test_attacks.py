@@ -1,5 +1,5 @@
 """Property tests for every registered attack and profile (robustarch.attacks), the presets, the
-normalized-input flaw switch, input/parameter validation, reproducibility, and robustarch._runtime.
+normalized-input flaw switch, input/parameter validation, reproducibility, and robustarch.runtime.
 
 The model is a small CNN trained for a few seconds on real Fashion-MNIST (Debian's dataset-fashion-mnist);
 without those files the tests fall back to a seeded untrained CNN on seeded random images (the properties
@@ -404,9 +404,9 @@ def test_standard_preset_needs_a_known_dataset() -> None:
         ra.preset("standard", "cifar-10")
 
 
-# ---- robustarch._runtime -------------------------------------------------------------------------
+# ---- robustarch.runtime -------------------------------------------------------------------------
 def test_tune_allocator_is_idempotent() -> None:
-    from robustarch._runtime import tune_allocator
+    from robustarch.runtime import tune_allocator
 
     first = tune_allocator()
     assert isinstance(first, bool) and tune_allocator() == first
@@ -415,7 +415,7 @@ def test_tune_allocator_is_idempotent() -> None:
 @pytest.mark.parametrize("which", ["tiny", "resnet18"])
 def test_prepare_for_attack_keeps_logits_and_leaves_model_alone(setup, which: str) -> None:
     from robustarch import zoo
-    from robustarch._runtime import prepare_for_attack
+    from robustarch.runtime import prepare_for_attack
 
     if which == "tiny":
         model, x, _ = setup
@@ -468,12 +468,12 @@ DENSE_CASES = {
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("case", list(DENSE_CASES))
 def test_dense_convolution_equals_the_convolution(case: str, layout: str, onednn: bool) -> None:
-    from robustarch._runtime import _DenseConv2d
+    from robustarch.runtime import DenseConv2d
 
     kwargs, chw = DENSE_CASES[case]
     torch.manual_seed(0)
     conv = nn.Conv2d(**kwargs).eval().requires_grad_(False)
-    dense = _DenseConv2d(conv, chw)
+    dense = DenseConv2d(conv, chw)
     dense.onednn = onednn and dense.onednn
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(5, *chw, generator=gen(1)).contiguous(memory_format=fmt)
@@ -492,7 +492,7 @@ def test_dense_convolution_equals_the_convolution(case: str, layout: str, onednn
 
 
 def test_dense_convolution_is_chosen_only_where_it_saves_half_the_work() -> None:
-    from robustarch._runtime import dense_convolution_pays
+    from robustarch.runtime import dense_convolution_pays
 
     conv3 = nn.Conv2d(512, 512, 3, padding=1)
     assert dense_convolution_pays(conv3, (512, 2, 2))  # 4 of 9 taps: 4/9 of the multiply-adds
@@ -505,7 +505,7 @@ def test_dense_convolution_is_chosen_only_where_it_saves_half_the_work() -> None
 
 def test_dense_convolution_shared_module_and_other_input_sizes() -> None:
     """A convolution module used twice becomes one dense module; one that sees two input sizes stays."""
-    from robustarch._runtime import _DenseConv2d, _densify_small_convolutions
+    from robustarch.runtime import DenseConv2d, densify_small_convolutions
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -522,8 +522,8 @@ def test_dense_convolution_shared_module_and_other_input_sizes() -> None:
     net = Net().eval().requires_grad_(False)
     x = torch.randn(3, 8, 2, 2, generator=gen(0))
     reference = net(x)
-    dense, count = _densify_small_convolutions(net, x)
-    assert count == 1 and isinstance(dense.shared, _DenseConv2d) and dense.twice[0] is dense.twice[2]
+    dense, count = densify_small_convolutions(net, x)
+    assert count == 1 and isinstance(dense.shared, DenseConv2d) and dense.twice[0] is dense.twice[2]
     assert type(dense.sizes) is nn.Conv2d
     torch.testing.assert_close(dense(x), reference, rtol=1e-5, atol=1e-5)
 

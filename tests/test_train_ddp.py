@@ -96,7 +96,7 @@ def test_exit_process_flushes_output_and_keeps_the_exit_code(fast):
     code = textwrap.dedent(
         f"""
         import logging, sys
-        from robustarch._runtime import exit_process, request_fast_exit
+        from robustarch.runtime import exit_process, request_fast_exit
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         print("result line")  # block-buffered: stdout is a pipe
         logging.getLogger("robustarch").info("log line")

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robustarch._runtime import tune_allocator
+    from robustarch.runtime import tune_allocator
 
     tune_allocator()  # glibc: keep freed activations for reuse instead of munmap/page-fault (~1.4x on CPU)
     parser = build_parser()
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The process entry point (the ``robustarch`` script and ``python -m robustarch``): :func:`main`, then
-    an exit that is safe after distributed training (see ``robustarch._runtime.request_fast_exit``)."""
-    from robustarch._runtime import exit_process
+    an exit that is safe after distributed training (see ``robustarch.runtime.request_fast_exit``)."""
+    from robustarch.runtime import exit_process
 
     exit_process(main())
 

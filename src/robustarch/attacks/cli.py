@@ -79,8 +79,8 @@ def _median_spread(times: list[float]) -> tuple[float, float, float]:
 
 def _bench(args: argparse.Namespace) -> int:
     from robustarch import zoo
-    from robustarch._runtime import prepare_for_attack, tune_allocator
     from robustarch.attacks import create
+    from robustarch.runtime import prepare_for_attack, tune_allocator
     from robustarch.zoo._registry import dataset_shape
 
     tuned = tune_allocator()

@@ -427,7 +427,7 @@ class Engine:
                 else platform.processor() or platform.machine()
             ),
             "world_size": self.world_size,
-            "prepared_for_attack": self.prepare and _runtime() is not None,
+            "prepared_for_attack": self.prepare,
             **(extra or {}),
         }
 
@@ -458,15 +458,15 @@ class Engine:
             self._chunk(job, model, c, start, stop, [r for r in job.runs if c in missing[r.run_id]])
 
     def _prepared(self, job: ModelJob) -> nn.Module:
-        """The model to attack: with ``prepare``, ``robustarch._runtime.prepare_for_attack``'s faster copy
+        """The model to attack: with ``prepare``, ``robustarch.runtime.prepare_for_attack``'s faster copy
         (BatchNorm folded, channels_last, convolutions on tiny maps dense), checked on the job's first chunk,
         the same batch in every process and every resume, so the choice it makes is the same everywhere."""
-        runtime = _runtime()
-        if runtime is not None and hasattr(runtime, "tune_allocator"):
-            # glibc otherwise mmaps and page-faults every large activation afresh until its dynamic
-            # threshold adapts: measured ~10x on the first attack calls of a process on CPU
-            runtime.tune_allocator()
-        if not self.prepare or runtime is None or not hasattr(runtime, "prepare_for_attack"):
+        from robustarch import runtime
+
+        # glibc otherwise mmaps and page-faults every large activation afresh until its dynamic threshold
+        # adapts: measured ~10x on the first attack calls of a process on CPU
+        runtime.tune_allocator()
+        if not self.prepare:
             return job.model
         start, stop = job.runs[0].key.chunk_bounds(0)
         example, _ = job.data.batch(start, stop)
@@ -593,15 +593,6 @@ def _outcomes(
         )
         for i, lab, p, h1, h5, q, g1, g5, li, l2_, at in zip(ids, *cols, strict=True)
     ]
-
-
-def _runtime() -> Any:
-    """``robustarch._runtime`` (speed helpers of the attacks part) when present."""
-    try:
-        import robustarch._runtime as rt
-    except ImportError:
-        return None
-    return rt
 
 
 def examples_per_second(store: Store, run_ids: Sequence[str]) -> float:

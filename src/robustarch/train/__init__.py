@@ -1,7 +1,7 @@
 """Training networks of the zoo with the published recipes (``robustarch train``), and the offline demo
 (``robustarch demo``). See docs/training.md."""
 
-from robustarch._runtime import exit_process
+from robustarch.runtime import exit_process
 from robustarch.train.recipes import RECIPES, Augment, Recipe, default_recipe, get_recipe, list_recipes
 from robustarch.train.trainer import TrainConfig, Trainer, TrainResult, dataset_hash, train
 

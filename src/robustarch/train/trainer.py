@@ -32,8 +32,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from robustarch._runtime import request_fast_exit
 from robustarch.errors import RobustarchError
+from robustarch.runtime import request_fast_exit
 from robustarch.train.augment import augment_batch
 from robustarch.train.recipes import Recipe, default_recipe, get_recipe
 
@@ -118,9 +118,7 @@ def _init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
         dist.init_process_group("nccl" if use_cuda else "gloo")
         owns_group = True
     if dist.is_available() and dist.is_initialized():
-        d = _Dist(
-            dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), owns_group
-        )
+        d = _Dist(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), owns_group)
     else:
         d = _Dist()
     if device is None:
