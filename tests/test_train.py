@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from robustarch import zoo
+from robustarch.cli.train import parse_arch
 from robustarch.errors import RobustarchError, UnknownNameError
 from robustarch.train import RECIPES, Augment, Trainer, default_recipe, get_recipe
 from robustarch.train.augment import augment_batch
-from robustarch.train.cli import parse_arch
 from robustarch.train.trainer import CHECKPOINT_NAME, dataset_hash
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -1,5 +1,8 @@
-"""The ``robustarch`` command line. Each part of the package contributes its own subcommands through a
-``register(subparsers)`` function in its ``cli`` module; this module only assembles them."""
+"""The ``robustarch`` command line: one module per subcommand group in this folder, each with a
+``register(subparsers)`` function; this module only assembles them.
+
+Start-up cost matters here (``robustarch --help`` should answer at once), so no module of this folder imports
+torch, numpy or matplotlib at import time: each command imports what it needs when it runs."""
 
 from __future__ import annotations
 
@@ -13,12 +16,12 @@ from robustarch.errors import RobustarchError
 
 # Order = order in --help. Each module defines register(subparsers); each subcommand sets func(args) -> int.
 SUBCOMMAND_MODULES = (
-    "robustarch.zoo.cli",
-    "robustarch.attacks.cli",
-    "robustarch.data.cli",
-    "robustarch.evaluation.cli",
-    "robustarch.report.cli",
-    "robustarch.train.cli",
+    "robustarch.cli.models",
+    "robustarch.cli.attacks",
+    "robustarch.cli.data",
+    "robustarch.cli.evaluate",
+    "robustarch.cli.report",
+    "robustarch.cli.train",
 )
 
 
@@ -36,9 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robustarch.runtime import tune_allocator
-
-    tune_allocator()  # glibc: keep freed activations for reuse instead of munmap/page-fault (~1.4x on CPU)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) + (10 if args.verbose == 0 else 0)
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from robustarch.runtime import tune_allocator
+
+    tune_allocator()  # glibc: keep freed activations for reuse instead of munmap/page-fault (~1.4x on CPU)
     try:
         return int(args.func(args) or 0)
     except RobustarchError as err:
@@ -58,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The process entry point (the ``robustarch`` script and ``python -m robustarch``): :func:`main`, then
     an exit that is safe after distributed training (see ``robustarch.runtime.request_fast_exit``)."""
-    from robustarch.runtime import exit_process
-
-    exit_process(main())
+    code = main()
+    # only a command that imported robustarch.runtime can have asked for the fast exit; a cheap command
+    # (--help, models) must not import torch just to exit
+    process = sys.modules.get("robustarch.runtime.process")
+    if process is None:
+        sys.exit(code)
+    process.exit_process(code)
 
 
 if __name__ == "__main__":

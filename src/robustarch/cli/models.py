@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from robustarch.zoo._registry import DATASETS
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset",
         metavar="D",
-        help=f"only models that build for this dataset ({', '.join(sorted(DATASETS))})",
+        help="only models that build for this dataset (cifar10, cifar100, cifar10-jpeg, fashion-mnist, "
+        "imagenet)",
     )
     parser.add_argument(
         "--no-variants",

@@ -10,8 +10,6 @@ import statistics
 import time
 from typing import Any
 
-import torch
-
 from robustarch.errors import RobustarchError
 
 
@@ -78,6 +76,8 @@ def _median_spread(times: list[float]) -> tuple[float, float, float]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import torch
+
     from robustarch import zoo
     from robustarch.attacks import create
     from robustarch.runtime import prepare_for_attack, tune_allocator
@@ -112,7 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
     if not args.no_prepare:
         target, info = prepare_for_attack(model, x)
 
-    def once() -> torch.Tensor:
+    def once() -> Any:
         return attack(target, x, y, generator=torch.Generator().manual_seed(args.seed))
 
     for _ in range(args.warmup):
@@ -177,9 +177,10 @@ def _gradient_steps(attack: Any) -> int:
     raise RobustarchError(f"no gradient-step count known for {name!r} (square uses forward passes only)")
 
 
-def floor_seconds(model: Any, x: torch.Tensor, y: torch.Tensor, steps: int, repeats: int = 3) -> float:
+def floor_seconds(model: Any, x: Any, y: Any, steps: int, repeats: int = 3) -> float:
     """Median time of ``steps`` forward+backward passes to the input plus one forward: what any attack making
     ``steps`` gradient evaluations must spend at least."""
+    import torch
     import torch.nn.functional as F
 
     def once() -> None:
