@@ -278,12 +278,43 @@ def test_reproducible_from_a_generator(setup, name: str, profile: str) -> None:
     assert torch.equal(g1, g2)  # generator=None: the global RNG, seeded by torch.manual_seed
 
 
-@pytest.mark.parametrize("name", ["rfgsm", "pgd", "apgd-ce", "square"])
-def test_random_attacks_depend_on_the_generator(setup, name: str) -> None:
+class PassCounter(nn.Module):
+    """Counts the examples the model sees with and without autograd (gradient and forward passes)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.grad_examples, self.forward_examples = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_examples += len(x)
+        else:
+            self.forward_examples += len(x)
+        return self.model(x)
+
+
+@pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
+def test_declared_traits_hold(setup, name: str, profile: str) -> None:
+    """What each attack class declares about itself (randomized, per-example, pass counts) is what it does:
+    the engine skips examples and the cost estimate counts passes from these declarations alone."""
     model, x, y = setup
-    attack = make(name, "standard")
-    x, y = x[:32], y[:32]
-    assert not torch.equal(attack(model, x, y, generator=gen(1)), attack(model, x, y, generator=gen(2)))
+    x, y = x[:16], y[:16]
+    attack = make(name, profile)
+    traits = attack.traits
+    assert traits.box in ("white", "black") and traits.norm in ("Linf", "L2")
+    assert attack.title and "{" not in attack.describe() and attack.describe().startswith(attack.title)
+    a1, a2 = attack(model, x, y, generator=gen(1)), attack(model, x, y, generator=gen(2))
+    assert torch.equal(a1, a2) != traits.randomized  # a randomized attack uses its generator, others not
+    if traits.per_example:  # an example's result does not depend on the rest of its batch
+        part = attack(model, x[:5], y[:5], generator=gen(1))
+        assert torch.allclose(part, a1[:5], atol=1e-6)
+    counter = PassCounter(model).eval()
+    attack(counter, x, y, generator=gen(1))
+    assert counter.grad_examples <= traits.gradient_passes * len(x)
+    assert counter.forward_examples <= traits.forward_passes * len(x)
+    assert (counter.grad_examples > 0) == (traits.box == "white")
+    if traits.one_step:
+        assert counter.grad_examples == len(x)
 
 
 def test_iterative_stronger_than_one_step_and_black_box_weaker_than_white_box(setup) -> None:

@@ -107,11 +107,11 @@ def test_outcomes_equal_a_direct_computation(tmp_path):
 
 
 def test_skipping_only_where_the_result_is_defined(tmp_path):
-    assert may_skip("stepll", {}, "robust") and may_skip("fgsm", {}, "robust")
-    assert may_skip("pgd", {"random_start": False}, "robust")
-    assert not may_skip("pgd", {"random_start": True}, "robust")  # random draws depend on the batch
-    assert not may_skip("rfgsm", {}, "robust") and not may_skip("square", {}, "robust")
-    assert not may_skip("fgsm", {}, "perturbed")  # the study's metric: f(x_adv) for every example
+    assert may_skip(ra.create("stepll"), "robust") and may_skip(ra.create("fgsm"), "robust")
+    assert may_skip(ra.create("pgd", random_start=False), "robust")
+    assert not may_skip(ra.create("pgd", random_start=True), "robust")  # random draws depend on the batch
+    assert not may_skip(ra.create("rfgsm"), "robust") and not may_skip(ra.create("square"), "robust")
+    assert not may_skip(ra.create("fgsm"), "perturbed")  # the study's metric: f(x_adv) for every example
     store = Store(tmp_path / "s.sqlite")
     data = source(n=12, seed=3)
     eng = engine(store, batch_size=6)

@@ -12,19 +12,31 @@ tensors; see ``docs/attacks.md``.
 """
 
 from robustarch.attacks import apgd, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
-from robustarch.attacks._base import Attack, AttackResult, check_inputs, check_model
+from robustarch.attacks._base import Attack, AttackResult, AttackTraits, budget_255, check_inputs, check_model
 from robustarch.attacks._presets import PRESETS, preset
-from robustarch.attacks._registry import PROFILES, attack_profiles, create, list_attacks, register_attack
+from robustarch.attacks._registry import (
+    PROFILES,
+    attack_class,
+    attack_profiles,
+    create,
+    from_record,
+    list_attacks,
+    register_attack,
+)
 
 __all__ = [
     "PRESETS",
     "PROFILES",
     "Attack",
     "AttackResult",
+    "AttackTraits",
+    "attack_class",
     "attack_profiles",
+    "budget_255",
     "check_inputs",
     "check_model",
     "create",
+    "from_record",
     "list_attacks",
     "preset",
     "register_attack",

@@ -29,6 +29,44 @@ COMMON_PARAMS: dict[str, Any] = {"emulate_normalized_inputs": False, "mean": Non
 
 
 @dataclass(frozen=True)
+class AttackTraits:
+    """What an attack is like, declared by its class and read by the engine, the checks, the cost estimate
+    and the benchmarks (never from tables of attack names).
+
+    ``box``: ``"white"`` (uses input gradients) or ``"black"`` (scores only). ``norm``: the threat model's
+    norm (``"Linf"`` or ``"L2"``). ``iterative``: more than one gradient step or query. ``targeted``: it
+    optimises towards a target class (StepLL's least-likely class, APGD-T) rather than away from the label.
+    ``randomized``: it draws random numbers (always from the caller's generator, so it is deterministic given
+    the seed either way). ``per_example``: an example's result does not depend on the other examples in its
+    batch (false for any randomized attack: its draws are shaped by the batch). ``gradient_passes`` /
+    ``forward_passes``: forward+backward and forward-only passes per example, at most (a cost bound).
+    """
+
+    box: str
+    norm: str
+    iterative: bool
+    targeted: bool
+    randomized: bool
+    per_example: bool
+    gradient_passes: int
+    forward_passes: int
+
+    @property
+    def one_step(self) -> bool:
+        return not self.iterative
+
+    @property
+    def may_skip(self) -> bool:
+        """Whether leaving some examples of a batch unattacked changes nothing for the others."""
+        return self.per_example and not self.randomized
+
+
+def budget_255(value: float) -> str:
+    """A budget in /255 units as papers write it: ``8/255``, ``0.5/255``, ``1.785/255``."""
+    return f"{value * 255:.4g}/255"
+
+
+@dataclass(frozen=True)
 class AttackResult:
     """An adversarial batch and its budget audit (realized norms are measured in pixel units, [0,1])."""
 
@@ -101,14 +139,21 @@ class Attack:
     """Base of every attack. Stateless: parameters are fixed at construction; a call maps
     ``(model, images, labels, generator)`` to an adversarial batch and never changes its inputs.
 
-    Subclasses set ``name``, ``profiles``, ``defaults`` (per profile, the parameters and their defaults),
-    ``paper`` (citation) and implement ``_perturb`` on already-validated, detached copies.
+    Subclasses set ``name``, ``title`` (how tables and figures name it), ``profiles``, ``defaults`` (per
+    profile, the parameters and their defaults), ``paper`` (citation), what the attack is like (``box``,
+    ``targeted``, ``iterative`` and the pass counts of :attr:`traits`) and implement ``_perturb`` on
+    already-validated, detached copies.
     """
 
     name: ClassVar[str]
+    title: ClassVar[str]
     paper: ClassVar[str] = ""
     profiles: ClassVar[tuple[str, ...]] = ("paper", "standard")
     defaults: ClassVar[dict[str, dict[str, Any]]]
+    # what the attack is like (AttackTraits); the parameter-dependent parts are the methods below
+    box: ClassVar[str] = "white"
+    targeted: ClassVar[bool] = False
+    iterative: ClassVar[bool] = True
 
     def __init__(self, profile: str = "standard", **params: Any):
         if profile not in self.profiles:
@@ -182,6 +227,74 @@ class Attack:
 
     def validate(self) -> None:
         """Attack-specific parameter checks (raise RobustarchError)."""
+
+    # ---- what the attack is like --------------------------------------------------------------------------
+    def randomized(self) -> bool:
+        """Whether this configuration draws random numbers (from the caller's generator)."""
+        return False
+
+    def gradient_passes(self) -> int:
+        """Forward+backward passes per example, at most."""
+        raise NotImplementedError
+
+    def forward_passes(self) -> int:
+        """Forward-only passes per example, at most (besides the gradient passes)."""
+        return 0
+
+    def threat_norm(self) -> str:
+        """The threat model's norm: the ``norm`` parameter of attacks that offer several, else L-inf."""
+        return str(self._params.get("norm", "Linf"))
+
+    @property
+    def traits(self) -> AttackTraits:
+        randomized = self.randomized()
+        return AttackTraits(
+            box=self.box,
+            norm=self.threat_norm(),
+            iterative=self.iterative,
+            targeted=self.targeted,
+            randomized=randomized,
+            per_example=not randomized,
+            gradient_passes=self.gradient_passes(),
+            forward_passes=self.forward_passes(),
+        )
+
+    def describe(self) -> str:
+        """How tables and figures name this configuration, e.g. ``PGD-10 (8/255, step 2/255, random
+        start)``: the title, the step count of an iterative attack, the budget in /255 (L-inf) or as a
+        number (L2), and what is unusual (the study's profile, the emulated flaw)."""
+        title = self._title()
+        parts = [self._budget_text()] if "eps" in self._params else []
+        parts += self._describe_extra()
+        if self.profile == "paper":
+            parts.append("paper profile")
+        if self.emulate_normalized_inputs:
+            parts.append("as released: normalized inputs")
+        return f"{title} ({', '.join(parts)})" if parts else title
+
+    def _title(self) -> str:
+        """The title with the step count of an iterative attack (``PGD-10``), as papers name them."""
+        steps = self._params.get("steps")
+        if self.iterative and isinstance(steps, int) and steps > 0:
+            return f"{self.title}-{steps}"
+        return self.title
+
+    def _budget_text(self) -> str:
+        eps = float(self._params["eps"])
+        if self.emulate_normalized_inputs:  # eps is in normalized units: no pixel budget to state
+            return f"eps {eps:g}"
+        if self.threat_norm() == "L2":
+            return f"L2 {eps:.3g}"
+        # the study's numbers as the paper prints them, with what they mean in pixels
+        return f"eps {eps:g} = {budget_255(eps)}" if self.profile == "paper" else budget_255(eps)
+
+    def _describe_extra(self) -> list[str]:
+        """Attack-specific details for :meth:`describe` (e.g. PGD's step size and random start)."""
+        return []
+
+    def _amount(self, value: float) -> str:
+        """A step size as :meth:`describe` writes it: in /255, or as given where it is in normalized units."""
+        return f"{value:g}" if self.emulate_normalized_inputs else budget_255(value)
 
     # ---- calling ----------------------------------------------------------------------------------------
     def __call__(

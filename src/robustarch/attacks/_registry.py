@@ -64,3 +64,13 @@ def create(name: str, profile: str = "standard", **params: Any) -> Any:
             "the study did not run it, so there is no historical semantics to reproduce"
         )
     return cls(profile=profile, **params)
+
+
+def from_record(name: str, profile: str, params: dict[str, Any]) -> Any:
+    """The attack a stored run records (its id, profile and the parameters ``Attack.params`` gave), rebuilt
+    to read what it is like (``traits``) or how to name it (``describe()``)."""
+    params = dict(params)
+    if params.get("mean") is None:  # recorded only with the emulated flaw
+        params.pop("mean", None)
+        params.pop("std", None)
+    return create(name, profile, **params)

@@ -50,6 +50,25 @@ class _APGDBase(Attack):
     )
     loss_kind = "ce"
 
+    def randomized(self) -> bool:
+        return True
+
+    def runs(self) -> int:
+        """Restarts x targets: independent APGD runs per example, at most."""
+        return self.restarts
+
+    def gradient_passes(self) -> int:
+        return self.runs() * (self.steps + 1)
+
+    def forward_passes(self) -> int:
+        return 1  # which examples are correct at the clean input
+
+    def _title(self) -> str:
+        return self.title  # AutoAttack's names; the iteration count goes with the details
+
+    def _describe_extra(self) -> list[str]:
+        return [f"{self.steps} steps"] + ([f"{self.restarts} restarts"] if self.restarts > 1 else [])
+
     def validate(self) -> None:
         self._check_number("rho", 0.0, 1.0)
         if self.steps < 1:
@@ -139,6 +158,7 @@ class APGDCE(_APGDBase):
     """APGD with cross-entropy loss (L-inf). Parameters: ``eps``, ``steps``, ``restarts``, ``rho``."""
 
     name = "apgd-ce"
+    title = "APGD-CE"
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "standard": {"eps": 8 / 255, "steps": 100, "restarts": 1, "rho": 0.75}
     }
@@ -150,6 +170,8 @@ class APGDT(_APGDBase):
     ``n_target_classes`` (targets = the 2nd..(n+1)-th highest clean logits)."""
 
     name = "apgd-t"
+    title = "APGD-T"
+    targeted = True
     loss_kind = "dlr-targeted"
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "standard": {"eps": 8 / 255, "steps": 100, "restarts": 1, "rho": 0.75, "n_target_classes": 9}
@@ -158,6 +180,12 @@ class APGDT(_APGDBase):
     def validate(self) -> None:
         super().validate()
         self._check_int("n_target_classes", 1)
+
+    def runs(self) -> int:
+        return self.restarts * self.n_target_classes
+
+    def _describe_extra(self) -> list[str]:
+        return [f"{self.n_target_classes} targets", *super()._describe_extra()]
 
     def _targets(self, logits: Tensor) -> list[Tensor | None]:
         if logits.shape[1] < 4:

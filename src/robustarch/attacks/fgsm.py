@@ -21,8 +21,13 @@ class FGSM(Attack):
     """Fast Gradient Sign Method (L-inf, one gradient). Parameters: ``eps``. Draws no random numbers."""
 
     name = "fgsm"
+    title = "FGSM"
+    iterative = False
     paper = "Goodfellow et al. 2015, Explaining and Harnessing Adversarial Examples (arXiv:1412.6572)"
     defaults: ClassVar[dict[str, dict[str, Any]]] = {"paper": {"eps": 0.007}, "standard": {"eps": 8 / 255}}
+
+    def gradient_passes(self) -> int:
+        return 1
 
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]

@@ -32,6 +32,7 @@ class PGD(Attack):
     ``restarts``."""
 
     name = "pgd"
+    title = "PGD"
     paper = (
         "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks (arXiv:1706.06083)"
     )
@@ -45,6 +46,23 @@ class PGD(Attack):
             raise RobustarchError("pgd/paper runs once per batch as torchattacks 1.3 did: restarts must be 1")
         if self.restarts > 1 and not self.random_start:
             raise RobustarchError("pgd: restarts > 1 without random_start would repeat the same run")
+
+    def randomized(self) -> bool:
+        return self.random_start
+
+    def gradient_passes(self) -> int:
+        return self.steps * self.restarts
+
+    def forward_passes(self) -> int:
+        return self.restarts if self.restarts > 1 else 0
+
+    def _describe_extra(self) -> list[str]:
+        extra = [f"step {self._amount(self.alpha)}"]
+        if self.random_start:
+            extra.append("random start")
+        if self.restarts > 1:
+            extra.append(f"{self.restarts} restarts")
+        return extra
 
     def _single_run(self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         x_adv = x

@@ -33,6 +33,7 @@ class RFGSM(Attack):
     """R-FGSM (L-inf). Parameters: ``eps``, ``alpha`` (random step), ``steps`` (gradient steps)."""
 
     name = "rfgsm"
+    title = "R-FGSM"
     paper = "Tramer et al. 2018, Ensemble Adversarial Training: Attacks and Defenses (arXiv:1705.07204)"
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"eps": 0.06, "alpha": 0.03, "steps": 1},
@@ -49,6 +50,19 @@ class RFGSM(Attack):
             )
         if self.profile == "paper" and self.eps < self.alpha:
             log.warning("rfgsm/paper with eps < alpha: the gradient step eps - alpha is negative (descends)")
+
+    @property
+    def iterative(self) -> bool:  # type: ignore[override]
+        return self.steps > 1
+
+    def randomized(self) -> bool:
+        return True
+
+    def gradient_passes(self) -> int:
+        return self.steps
+
+    def _describe_extra(self) -> list[str]:
+        return [f"random step {self._amount(self.alpha)}"]
 
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]

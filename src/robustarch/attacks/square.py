@@ -44,6 +44,8 @@ class Square(Attack):
     """Square Attack (L-inf). Parameters: ``eps``, ``queries`` (per example), ``p_init``, ``restarts``."""
 
     name = "square"
+    title = "Square"
+    box = "black"
     profiles = ("standard",)
     paper = (
         "Andriushchenko et al. 2020, Square Attack: a query-efficient black-box adversarial attack via "
@@ -58,6 +60,18 @@ class Square(Attack):
         self._check_number("p_init", 0.0, 1.0)
         if self.p_init <= 0:
             raise RobustarchError(f"{self.name}: p_init must be > 0")
+
+    def randomized(self) -> bool:
+        return True
+
+    def gradient_passes(self) -> int:
+        return 0
+
+    def forward_passes(self) -> int:
+        return 1 + self.restarts * (self.queries + 1)
+
+    def _describe_extra(self) -> list[str]:
+        return [f"{self.queries} queries"] + ([f"{self.restarts} restarts"] if self.restarts > 1 else [])
 
     def _margin(self, model: Model, x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():

@@ -36,6 +36,8 @@ class StepLL(Attack):
     """Iterative least-likely class method (L-inf). Parameters: ``eps``, ``alpha``, ``steps`` (0 = auto)."""
 
     name = "stepll"
+    title = "StepLL"
+    targeted = True  # the least-likely class
     paper = "Kurakin et al. 2017, Adversarial Examples in the Physical World (arXiv:1607.02533)"
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"eps": 0.01, "alpha": 0.003, "steps": 0},
@@ -45,6 +47,18 @@ class StepLL(Attack):
     @property
     def n_steps(self) -> int:
         return self.steps or auto_steps(self.eps)
+
+    def gradient_passes(self) -> int:
+        return self.n_steps
+
+    def forward_passes(self) -> int:
+        return 1  # the least-likely class at the clean input
+
+    def _title(self) -> str:
+        return f"StepLL-{self.n_steps}"  # the automatic count (steps=0) too
+
+    def _describe_extra(self) -> list[str]:
+        return [f"step {self._amount(self.alpha)}"]
 
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]

@@ -164,17 +164,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _gradient_steps(attack: Any) -> int:
-    """Input-gradient evaluations an attack makes per batch (for the floor), when known."""
-    name = attack.name
-    if name == "fgsm":
-        return 1
-    if name == "stepll":
-        return attack.n_steps
-    if name in ("rfgsm", "pgd"):
-        return attack.steps * getattr(attack, "restarts", 1)
-    if name.startswith("apgd"):
-        return attack.steps + 1
-    raise RobustarchError(f"no gradient-step count known for {name!r} (square uses forward passes only)")
+    """Input-gradient evaluations an attack makes per example (for the floor), as its class declares."""
+    passes = attack.traits.gradient_passes
+    if not passes:
+        raise RobustarchError(
+            f"{attack.name} makes no gradient passes (forward passes only): no floor to time"
+        )
+    return passes
 
 
 def floor_seconds(model: Any, x: Any, y: Any, steps: int, repeats: int = 3) -> float:

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 CLEAN = "clean"
 DTYPES = ("float32", "amp-bfloat16", "amp-float16")
-# Attacks that draw no random numbers and treat every example independently (their per-example result does
-# not depend on which other examples share the batch): only these may skip examples (module docstring).
-_INDEPENDENT_DETERMINISTIC = {"fgsm": None, "stepll": None, "pgd": ("random_start", False)}
 
 
 def adv_metric_for(profile: str) -> str:
@@ -58,12 +55,10 @@ def adv_metric_for(profile: str) -> str:
     return "perturbed" if profile == "paper" else "robust"
 
 
-def may_skip(attack_name: str, params: Mapping[str, Any], adv_metric: str) -> bool:
-    """Whether examples whose result is defined without the attack may go unattacked (module docstring)."""
-    if adv_metric != "robust" or attack_name not in _INDEPENDENT_DETERMINISTIC:
-        return False
-    cond = _INDEPENDENT_DETERMINISTIC[attack_name]
-    return cond is None or params.get(cond[0]) == cond[1]
+def may_skip(attack: Any, adv_metric: str) -> bool:
+    """Whether examples whose result is defined without the attack may go unattacked (module docstring):
+    under the robust metric, for an attack whose class declares it per-example and not randomized."""
+    return adv_metric == "robust" and attack.traits.may_skip
 
 
 def chunk_seed(run_id: str, chunk_index: int) -> int:
@@ -387,7 +382,7 @@ class Engine:
                 log.info("attack %s repeats an earlier run of this job; evaluated once", plan.label)
                 continue
             seen.add(key.run_id)
-            runs.append(PlannedRun(key, "", plan, may_skip(plan.name, params, metric)))
+            runs.append(PlannedRun(key, "", plan, may_skip(plan.attack, metric)))
         for r in runs:
             r.run_id = r.key.run_id
         meta: dict[str, Any] = {}
@@ -398,6 +393,11 @@ class Engine:
                     **meta,
                     "label": r.plan.label if r.plan else CLEAN,
                     "skip_rule": r.skip,
+                    **(
+                        {"description": r.plan.attack.describe(), "traits": asdict(r.plan.attack.traits)}
+                        if r.plan
+                        else {}
+                    ),
                     "emulate_normalized": bool(r.key.attack_params.get("emulate_normalized_inputs")),
                 }
                 self.store.begin_run(r.key, run_meta)
