@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from robustarch.data import cli
+from robustarch.cli import data as cli
 from robustarch.errors import RobustarchError
 from test_data_helpers import random_image, write_idx
 

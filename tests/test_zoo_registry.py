@@ -137,7 +137,7 @@ def test_overrides_change_width_and_depth() -> None:
 
 
 def test_cli_lists_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
-    from robustarch.zoo import cli
+    from robustarch.cli import models as cli
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
