@@ -13,7 +13,7 @@ tensors; see ``docs/attacks.md``.
 
 from robustarch.attacks import apgd, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
 from robustarch.attacks._base import Attack, AttackResult, AttackTraits, budget_255, check_inputs, check_model
-from robustarch.attacks._presets import PRESETS, preset
+from robustarch.attacks._presets import PRESETS, dataset_budget, preset, standard_attack
 from robustarch.attacks._registry import (
     PROFILES,
     attack_class,
@@ -36,8 +36,10 @@ __all__ = [
     "check_inputs",
     "check_model",
     "create",
+    "dataset_budget",
     "from_record",
     "list_attacks",
     "preset",
     "register_attack",
+    "standard_attack",
 ]

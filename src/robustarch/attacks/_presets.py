@@ -5,7 +5,13 @@
 - ``paper-defaults``: the same with the exact torchattacks 1.x defaults the printed numbers round down
   (R-FGSM 16/255, 8/255; StepLL 4/255, 1/255; PGD alpha 2/255), keeping the paper's 10 PGD iterations.
 - ``standard``: correct attacks at the budget the field reports (RobustBench: L-inf 8/255 on CIFAR-family
-  data, 4/255 on ImageNet): FGSM, R-FGSM, StepLL, PGD-10, APGD-CE, APGD-T, Square, and a PGD eps sweep.
+  data, 4/255 on ImageNet; ``robustarch.data.DATASETS``): FGSM, R-FGSM, StepLL, PGD-10, APGD-CE, APGD-T,
+  Square, and a PGD eps sweep.
+
+:func:`standard_attack` is the one rule for an attack named without parameters on a dataset: the standard
+preset's configuration of it there (so ``--attacks pgd`` and ``--preset standard`` attack ImageNet at the
+same 4/255), with the step sizes that scale with the budget (PGD's alpha = eps/4, R-FGSM's alpha = eps/2)
+following an ``eps`` given for it.
 """
 
 from __future__ import annotations
@@ -19,13 +25,42 @@ PRESETS = ("paper", "paper-defaults", "standard")
 
 # numerators of eps/255 for the standard eps sweep, per dataset family
 SWEEP_255 = {"cifar": (1, 2, 4, 8, 16), "imagenet": (0.5, 1, 2, 4, 8)}
-BUDGET_255 = {"cifar": 8, "imagenet": 4}
+# step sizes that are a fixed share of the budget in the standard preset (Madry et al. use 2/255 at 8/255)
+BUDGET_SHARE = {"pgd": {"alpha": 0.25}, "rfgsm": {"alpha": 0.5}}
+# the standard preset's own parameters beyond the budget
+STANDARD_FIXED = {"stepll": {"alpha": 1 / 255, "steps": 0}, "pgd": {"steps": 10}}
 
 
-def _family(dataset: str) -> str:
-    from robustarch.zoo._registry import dataset_shape
+def dataset_budget(dataset: str) -> tuple[str, float]:
+    """(family, standard L-inf budget) of a dataset id, from ``robustarch.data.DATASETS``."""
+    from robustarch.data import dataset_info
 
-    return dataset_shape(dataset).family
+    info = dataset_info(dataset)
+    if info.budget is None:
+        raise RobustarchError(
+            f"dataset {dataset!r} has no standard budget (its shape comes from the files): give eps"
+        )
+    return str(info.family), info.budget
+
+
+def standard_attack(name: str, dataset: str | None = None, *, eps: float | None = None, **params: Any) -> Any:
+    """Attack ``name`` in the standard profile as the standard preset configures it on ``dataset``: the
+    dataset's budget unless ``eps`` is given, step sizes that scale with the budget unless given, then
+    ``params``. Without a dataset the attack's own defaults apply (``eps`` still scales the steps)."""
+    if eps is None and dataset is not None and "eps" in _defaults(name):
+        eps = dataset_budget(dataset)[1]
+    merged: dict[str, Any] = dict(STANDARD_FIXED.get(name, {}))
+    if eps is not None:
+        merged["eps"] = eps
+        merged.update({k: share * eps for k, share in BUDGET_SHARE.get(name, {}).items()})
+    merged.update(params)
+    return create(name, "standard", **merged)
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    from robustarch.attacks._registry import attack_class
+
+    return dict(attack_class(name).defaults.get("standard", {}))
 
 
 def preset(name: str, dataset: str | None = None, **common: Any) -> dict[str, Any]:
@@ -50,18 +85,12 @@ def preset(name: str, dataset: str | None = None, **common: Any) -> dict[str, An
             raise RobustarchError(
                 "preset 'standard' needs a dataset (the budget is 8/255 on CIFAR, 4/255 on ImageNet)"
             )
-        family = _family(dataset)
-        eps = BUDGET_255[family] / 255
+        family, eps = dataset_budget(dataset)
         out = {
-            "fgsm": create("fgsm", eps=eps, **common),
-            "rfgsm": create("rfgsm", eps=eps, alpha=eps / 2, **common),
-            "stepll": create("stepll", eps=eps, alpha=1 / 255, steps=0, **common),
-            "pgd": create("pgd", eps=eps, alpha=eps / 4, steps=10, **common),
-            "apgd-ce": create("apgd-ce", eps=eps, **common),
-            "apgd-t": create("apgd-t", eps=eps, **common),
-            "square": create("square", eps=eps, **common),
+            name: standard_attack(name, eps=eps, **common)
+            for name in ("fgsm", "rfgsm", "stepll", "pgd", "apgd-ce", "apgd-t", "square")
         }
         for k in SWEEP_255[family]:
-            out[f"pgd-eps{k:g}"] = create("pgd", eps=k / 255, alpha=k / 255 / 4, steps=10, **common)
+            out[f"pgd-eps{k:g}"] = standard_attack("pgd", eps=k / 255, **common)
         return out
     raise UnknownNameError("attack preset", name, PRESETS)

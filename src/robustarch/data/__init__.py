@@ -14,7 +14,15 @@ from pathlib import Path
 from robustarch.data import cache as cache
 from robustarch.data._dataset import ImageDataset
 from robustarch.data._images import Preprocess
-from robustarch.data._spec import DATASET_INFO, DatasetInfo, DatasetSpec, dataset_info, list_datasets
+from robustarch.data._spec import (
+    BUDGET_LINF,
+    DATASET_INFO,
+    DATASETS,
+    DatasetInfo,
+    DatasetSpec,
+    dataset_info,
+    list_datasets,
+)
 from robustarch.data.errors import (
     CacheError,
     ChecksumError,
@@ -26,6 +34,8 @@ from robustarch.data.errors import (
 from robustarch.data.subsets import SubsetArg, select
 
 __all__ = [
+    "BUDGET_LINF",
+    "DATASETS",
     "DATASET_INFO",
     "CacheError",
     "ChecksumError",

@@ -1,7 +1,8 @@
-"""What robustarch knows about each dataset before reading it: ids, report labels, shapes, published counts.
+"""The one dataset table: what robustarch knows about each dataset before reading it (ids, report labels,
+family, shapes, normalization statistics, class names, published counts and the standard attack budget).
 
-The ids and labels agree with the zoo's dataset table (``robustarch.zoo._registry.DATASETS``); a test
-checks it.
+The zoo builds its networks from it (``family`` picks the CIFAR- or ImageNet-style entries), the attack
+presets take their budget from it, and ``robustarch data list`` prints it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.28604060,), (0.35302424,)
 
 
+# The L-inf budgets the field reports robustness at (RobustBench's leaderboards: 8/255 on CIFAR-10/100,
+# 4/255 on ImageNet); every CIFAR-like dataset (32x32 or smaller) takes CIFAR's.
+BUDGET_LINF = {"cifar": 8 / 255, "imagenet": 4 / 255}
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Static facts of a dataset id: how reports name it, its shape, and its published split sizes."""
+    """Static facts of a dataset id: how reports name it, its family and shape, and its published split
+    sizes. ``family`` says which zoo entries build for it (``cifar``: the 32x32 networks, ``imagenet``: the
+    224x224 ones; ``None``: given by the files, as for an image folder)."""
 
     name: str
     label: str
@@ -34,11 +42,17 @@ class DatasetInfo:
     image_size: tuple[int, int, int] | None  # (C, H, W) of the preprocessed tensors
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    family: str | None = None
     # split -> examples per class of the published split (None: sizes vary, e.g. ImageNet train)
     per_class: dict[str, int | None] = field(default_factory=dict)
     class_names: tuple[str, ...] | None = None
     default_root: str | None = None
     split_aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def budget(self) -> float | None:
+        """The standard L-inf budget on this dataset (``BUDGET_LINF`` of its family)."""
+        return BUDGET_LINF.get(self.family) if self.family else None
 
     def canonical_split(self, split: str) -> str:
         split = self.split_aliases.get(split, split)
@@ -47,35 +61,36 @@ class DatasetInfo:
         return split
 
 
-DATASET_INFO: dict[str, DatasetInfo] = {
+DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
-        DatasetInfo("cifar10", "CIFAR-10", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD,
+        DatasetInfo("cifar10", "CIFAR-10", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, "cifar",
                     {"train": 5000, "test": 1000}, CIFAR10_CLASSES),
-        DatasetInfo("cifar100", "CIFAR-100", 100, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD,
+        DatasetInfo("cifar100", "CIFAR-100", 100, (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD, "cifar",
                     {"train": 500, "test": 100}),
         DatasetInfo("cifar10-jpeg", "CIFAR-10 (JPEG q75)", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD,
-                    {"train": 5000, "test": 1000}, CIFAR10_CLASSES),
+                    "cifar", {"train": 5000, "test": 1000}, CIFAR10_CLASSES),
         DatasetInfo("fashion-mnist", "Fashion-MNIST", 10, (1, 28, 28), FASHION_MNIST_MEAN, FASHION_MNIST_STD,
-                    {"train": 6000, "test": 1000}, FASHION_MNIST_CLASSES,
+                    "cifar", {"train": 6000, "test": 1000}, FASHION_MNIST_CLASSES,
                     default_root="/usr/share/datasets/fashion-mnist"),
         # ImageNet's test labels are not public: evaluation means the validation split, so "test" -> "val".
-        DatasetInfo("imagenet", "ImageNet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD,
+        DatasetInfo("imagenet", "ImageNet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "imagenet",
                     {"val": 50, "train": None}, split_aliases={"test": "val", "validation": "val"}),
         DatasetInfo("imagefolder", "image folder", None, None, None, None),
     )
 }  # fmt: skip
+DATASET_INFO = DATASETS  # the name this table had before it also carried family and budget
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
     try:
-        return DATASET_INFO[dataset]
+        return DATASETS[dataset]
     except KeyError:
-        raise UnknownNameError("dataset", dataset, DATASET_INFO) from None
+        raise UnknownNameError("dataset", dataset, DATASETS) from None
 
 
 def list_datasets() -> list[str]:
-    return list(DATASET_INFO)
+    return list(DATASETS)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def cifar_normalization(cifar10_stats: Stats) -> dict[str, Stats]:
 
 @dataclass(frozen=True)
 class DatasetShape:
-    """What a network must know about a dataset to be built for it."""
+    """What a network must know about a dataset to be built for it (read off ``robustarch.data.DATASETS``)."""
 
     name: str
     family: DatasetFamily  # which registry entries apply (CIFAR-style 32x32 nets or ImageNet-style nets)
@@ -62,17 +62,19 @@ class DatasetShape:
     label: str  # how results on it are labelled in reports
 
 
-# Datasets the zoo can build for. Any dataset with CIFAR-10's shape is "cifar" family.
-DATASETS: dict[str, DatasetShape] = {
-    d.name: d
-    for d in (
-        DatasetShape("cifar10", "cifar", 10, 3, 32, "CIFAR-10"),
-        DatasetShape("cifar100", "cifar", 100, 3, 32, "CIFAR-100"),
-        DatasetShape("cifar10-jpeg", "cifar", 10, 3, 32, "CIFAR-10 (JPEG q75)"),
-        DatasetShape("fashion-mnist", "cifar", 10, 1, 28, "Fashion-MNIST"),
-        DatasetShape("imagenet", "imagenet", 1000, 3, 224, "ImageNet"),
-    )
-}
+def _shapes() -> dict[str, DatasetShape]:
+    from robustarch.data import DATASETS as TABLE
+
+    return {
+        d.name: DatasetShape(d.name, d.family, d.num_classes, d.image_size[0], d.image_size[1], d.label)  # type: ignore[arg-type]
+        for d in TABLE.values()
+        if d.family is not None and d.num_classes is not None and d.image_size is not None
+    }
+
+
+# The datasets with a fixed shape the zoo can build for (the data table's, less image folders, whose shape
+# the files give).
+DATASETS: dict[str, DatasetShape] = _shapes()
 
 
 def dataset_shape(dataset: str) -> DatasetShape:
