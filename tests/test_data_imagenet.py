@@ -14,7 +14,7 @@ from PIL import Image
 
 import robustarch.data as rdata
 from robustarch.data._images import center_crop, resize_shorter
-from robustarch.data.folders import IMAGENET_PREPROCESS
+from robustarch.data.folders import IMAGENET_PREPROCESS, imagenet_wnids
 from test_data_helpers import random_image
 
 N_CLASSES = 1000
@@ -80,7 +80,7 @@ def imagenet(tmp_path_factory):
     """1000 classes with one val image each; wnids and val numbers shuffled so order is really tested."""
     root = tmp_path_factory.mktemp("imagenet")
     rng = np.random.default_rng(5)
-    wnids = [f"n{x:08d}" for x in rng.choice(10**8, N_CLASSES, replace=False)]  # unsorted
+    wnids = [str(w) for w in rng.permutation(imagenet_wnids())]  # the real 1000, unsorted
     val_numbers = rng.permutation(N_CLASSES) + 1
     sizes = [(40, 30), (30, 41), (64, 64), (50, 33)]
     records = []
@@ -195,13 +195,46 @@ def test_flat_layout_with_pairs_file_and_missing_ground_truth(imagenet, tmp_path
         rdata.load("imagenet", root / "flat", allow_partial=True, ground_truth=pairs)
 
 
+def test_shipped_wnids_are_torchvisions_class_order():
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 == len(set(wnids)) and list(wnids) == sorted(wnids)
+    assert (wnids[0], wnids[1], wnids[999]) == ("n01440764", "n01443537", "n15075141")
+
+
+IMAGENETTE = ("n01440764", "n02102040", "n03000684")  # tench, English springer, chain saw (Imagenette's)
+
+
+def test_a_class_subset_keeps_the_1000_class_labels(tmp_path):
+    """An Imagenette-style tree (a few of the 1000 class folders, file names not val names) loads with
+    labels = the classes' indices among the 1000, and evaluates with a 1000-way model."""
+    rng = np.random.default_rng(1)
+    for w in IMAGENETTE:
+        (tmp_path / "val" / w).mkdir(parents=True)
+        for k in range(2):
+            random_image(rng, 48, 40).save(tmp_path / "val" / w / f"{w}_{k}.JPEG", "JPEG")
+    ds, spec = rdata.load("imagenet", tmp_path)
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    assert sorted(set(ds.labels.tolist())) == sorted(index[w] for w in IMAGENETTE) == [0, 217, 491]
+    assert spec.num_classes == 1000 and spec.label == "ImageNet (3-class subset)"
+    assert spec.classes.startswith("3-of-1000@")
+    source = rdata.load_source("imagenet", tmp_path)
+    assert source.subset.startswith("val/classes:3-of-1000@")  # another subset is another example list
+    import robustarch
+
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000))
+    res = robustarch.evaluate(net, source, attacks=["fgsm"], checks=False)
+    assert res.records()[1]["eps"] == pytest.approx(4 / 255) and res.records()[0]["n"] == 6
+    (tmp_path / "val" / "n99999999").mkdir()
+    random_image(rng, 20, 20).save(tmp_path / "val" / "n99999999" / "x.JPEG", "JPEG")
+    with pytest.raises(rdata.DataLayoutError, match=r"\['n99999999'\] are not ImageNet-1k wnids"):
+        rdata.load("imagenet", tmp_path)
+
+
 def test_imagenet_bad_layouts(tmp_path):
     rng = np.random.default_rng(0)
-    for w in ("n00000003", "n00000001", "n00000002"):
+    for w in IMAGENETTE:
         (tmp_path / "val" / w).mkdir(parents=True)
         random_image(rng, 20, 20).save(tmp_path / "val" / w / "ILSVRC2012_val_00000001.JPEG", "JPEG")
-    with pytest.raises(rdata.ClassCountError, match=r"3 classes .*ImageNet has 1000"):
-        rdata.load("imagenet", tmp_path, allow_partial=True)
     (tmp_path / "val" / "misc").mkdir()
     with pytest.raises(rdata.DataLayoutError, match=r"mixes class folders with \['misc'\]"):
         rdata.load("imagenet", tmp_path)

@@ -20,7 +20,9 @@ from robustarch.data._spec import (
     DATASETS,
     DatasetInfo,
     DatasetSpec,
+    budget_dataset,
     dataset_info,
+    family_of_size,
     list_datasets,
 )
 from robustarch.data.errors import (
@@ -31,7 +33,14 @@ from robustarch.data.errors import (
     DataError,
     DataLayoutError,
 )
-from robustarch.data.subsets import SubsetArg, select
+from robustarch.data.source import (
+    DataSource,
+    as_source,
+    load_source,
+    source_from_dataset,
+    source_from_tensors,
+)
+from robustarch.data.subsets import SubsetArg, is_class_sorted, select, spread_positions
 
 __all__ = [
     "BUDGET_LINF",
@@ -43,13 +52,20 @@ __all__ = [
     "CorruptFileError",
     "DataError",
     "DataLayoutError",
+    "DataSource",
     "DatasetInfo",
     "DatasetSpec",
     "ImageDataset",
+    "as_source",
+    "budget_dataset",
     "dataset_info",
+    "family_of_size",
     "list_datasets",
     "load",
+    "load_source",
     "load_split",
+    "source_from_dataset",
+    "source_from_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,7 +132,7 @@ def load_split(
     if not root_path.exists() and not (download and dataset in cifar.RELEASES):
         raise DataLayoutError(f"{root_path} does not exist; {_layout(dataset, split)}")
     num_classes, image_size_out, class_names = info.num_classes, info.image_size, info.class_names
-    preprocessing, report_label = "uint8-as-released", info.label
+    preprocessing, report_label, classes = "uint8-as-released", info.label, "all"
     if dataset in cifar.RELEASES:
         ds, names, fingerprint = cifar.load_cifar(
             dataset, root_path, split, verify=verify, md5=md5, download_missing=download
@@ -131,15 +147,22 @@ def load_split(
         preprocessing = ds._source.preprocess.cache_id
     elif dataset == "imagenet":
         gt = Path(ground_truth).expanduser() if ground_truth is not None else None
-        ds, _wnids, class_names, fingerprint = folders.load_imagenet(root_path, split, ground_truth=gt)
+        ds, present, class_names, fingerprint = folders.load_imagenet(root_path, split, ground_truth=gt)
         preprocessing = ds._source.preprocess.cache_id
+        if len(present) < num_classes:  # a class subset such as Imagenette: labels index the 1000 classes
+            classes = f"{len(present)}-of-{num_classes}@{_digest_names(present)}"
+            report_label = f"{info.label} ({len(present)}-class subset)"
     else:  # imagefolder
         size = _image_size(image_size)
         pre = Preprocess(size[0], size[1], size[2], resize=resize, crop=resize is not None)
         ds, class_names, fingerprint = folders.load_imagefolder(root_path, split, pre)
         num_classes, image_size_out, preprocessing = len(class_names), size, pre.cache_id
         report_label = label or f"image folder {root_path.resolve().name}"
-    _check_counts(dataset, split, ds, num_classes, info.per_class.get(split), allow_partial)
+    if classes == "all":
+        _check_counts(dataset, split, ds, num_classes, info.per_class.get(split), allow_partial)
+    else:
+        log.info("%s %s: a subset of the classes (%s); the published per-class counts are not checked",
+                 dataset, split, classes)  # fmt: skip
     spec = DatasetSpec(
         name=dataset,
         label=report_label,
@@ -153,8 +176,15 @@ def load_split(
         subset="all",
         preprocessing=preprocessing.split("@")[0],
         root=str(root_path),
+        classes=classes,
     )
     return ds, spec, f"{fingerprint}|{preprocessing}"
+
+
+def _digest_names(names: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:12]
 
 
 def _layout(dataset: str, split: str) -> str:
@@ -192,6 +222,25 @@ def _check_counts(
         log.warning("%s (allowed: allow_partial)", msg)
 
 
+def _limit(ds: ImageDataset, description: str, limit: int, where: str) -> tuple[ImageDataset, str]:
+    """``limit`` examples of ``ds``: the first ones, or, where the files are sorted by class, ``limit``
+    spread evenly over them (the first ones would be one or two classes)."""
+    if limit <= 0:
+        raise DataError(f"limit must be positive, not {limit}")
+    if limit >= len(ds):
+        return ds, description
+    if is_class_sorted(ds.labels.numpy()):
+        log.info(
+            "%s is sorted by class: limit %d takes %d examples spread evenly over it (spread:%d), every "
+            "class in proportion; subset first:%d gives the first ones",
+            where, limit, limit, limit, limit,
+        )  # fmt: skip
+        ds, kind = ds.select(spread_positions(len(ds), limit)), f"spread:{limit}"
+    else:
+        ds, kind = ds.select(range(limit)), f"first:{limit}"
+    return ds, kind if description == "all" else f"{description}+{kind}"
+
+
 def load(
     dataset: str,
     root: str | Path | None = None,
@@ -209,8 +258,9 @@ def load(
     ``dataset``: one of :func:`list_datasets` (cifar10, cifar100, cifar10-jpeg, fashion-mnist, imagenet,
     imagefolder). ``root``: where the files are (fashion-mnist defaults to Debian's folder). ``split``:
     "test" or "train" ("test" means val for ImageNet). ``subset``: see :mod:`robustarch.data.subsets`;
-    ``limit``: keep the first ``limit`` examples after the subset. ``cache``: True (default folder) or a
-    folder
+    ``limit``: keep ``limit`` examples after the subset: the first ones, or, on files sorted by class (the
+    CIFAR-10 JPEG copy, ImageNet class folders), ``limit`` spread evenly over them (``spread:N``) so that
+    every class is measured. ``cache``: True (default folder) or a folder
     to serve decoded uint8 tensors from the memory-mapped cache, building it once. ``options``: download,
     verify, md5 (CIFAR), ground_truth (ImageNet flat layout), image_size / resize / label (imagefolder),
     allow_partial.
@@ -218,11 +268,7 @@ def load(
     ds, spec, fingerprint = load_split(dataset, root, split, **options)
     ds, description = select(ds, subset, spec.num_classes)
     if limit is not None:
-        if limit <= 0:
-            raise DataError(f"limit must be positive, not {limit}")
-        if limit < len(ds):
-            ds = ds.select(range(limit))
-            description = f"first:{limit}" if description == "all" else f"{description}+first:{limit}"
+        ds, description = _limit(ds, description, limit, f"{dataset} {spec.split}")
     if cache:
         fields = {"dataset": dataset, "split": spec.split, "files": fingerprint, "subset": description}
         ds = globals()["cache"].cached(

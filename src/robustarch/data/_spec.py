@@ -93,13 +93,36 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
+# The dataset of the table whose standard budget and eps sweep apply to data of a family.
+REPRESENTATIVE = {"cifar": "cifar10", "imagenet": "imagenet"}
+
+
+def family_of_size(height: int, width: int) -> str:
+    """The family data of this image size belong to, for data not in the table (given in Python, image
+    folders): ``cifar`` up to 64 x 64 pixels (CIFAR, Fashion-MNIST, SVHN, Tiny-ImageNet), else
+    ``imagenet``; it decides the standard budget (8/255 or 4/255)."""
+    return "cifar" if max(height, width) <= 64 else "imagenet"
+
+
+def budget_dataset(dataset: str, image_size: tuple[int, ...] | None = None) -> str:
+    """The dataset id whose standard attack configuration applies: ``dataset`` itself where the table gives
+    it a family, else the representative of the family of ``image_size`` ((C,) H, W)."""
+    info = DATASETS.get(dataset)
+    if info is not None and info.family is not None:
+        return dataset
+    if image_size is None:
+        raise UnknownNameError("dataset (or give the images' size)", dataset, DATASETS)
+    return REPRESENTATIVE[family_of_size(int(image_size[-2]), int(image_size[-1]))]
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A loaded dataset as reports and caches see it.
 
     ``label`` is how results are named (e.g. "CIFAR-10 (JPEG q75)", never "CIFAR-10" for that copy);
     ``mean``/``std`` are the dataset's channel statistics (informational, ``None`` when unknown);
-    ``preprocessing`` identifies the decode/resize/crop pipeline and is part of the cache key.
+    ``preprocessing`` identifies the decode/resize/crop pipeline and is part of the cache key; ``classes``
+    says whether the copy holds every class or a subset of them.
     """
 
     name: str
@@ -114,3 +137,6 @@ class DatasetSpec:
     subset: str
     preprocessing: str
     root: str = ""
+    # "all", or which classes a class-subset copy holds (ImageNet folders such as Imagenette:
+    # "10-of-1000@<digest of the wnids>"); part of what identifies the examples
+    classes: str = "all"

@@ -9,12 +9,14 @@ ImageNet val, whose example id is the number in the file name minus one (``ILSVR
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import os
 import re
 import tarfile
 import zipfile
+from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,7 +25,7 @@ from robustarch.data._dataset import EncodedImages, ImageDataset
 from robustarch.data._files import file_fingerprint
 from robustarch.data._images import IMAGE_EXTENSIONS, Preprocess
 from robustarch.data._spec import CIFAR10_CLASSES
-from robustarch.data.errors import ClassCountError, CorruptFileError, DataLayoutError
+from robustarch.data.errors import CorruptFileError, DataLayoutError
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,35 @@ GT_CSV, GT_TXT, DEVKIT_TGZ = (
     "ILSVRC2012_devkit_t12.tar.gz",
 )
 SYNSET_NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k wnids in class-index order (``imagenet_wnids.txt``, shipped with robustarch)."""
+    text = resources.files("robustarch.data").joinpath("imagenet_wnids.txt").read_text()
+    wnids = tuple(w for w in (line.strip() for line in text.splitlines()) if w and not w.startswith("#"))
+    if len(wnids) != 1000 or list(wnids) != sorted(set(wnids)):
+        raise RuntimeError("imagenet_wnids.txt must list 1000 distinct wnids in sorted order")
+    return wnids
+
+
+def _imagenet_labels(classes: list[str], labels: list[int], where: str) -> list[int]:
+    """Labels re-expressed as indices among the 1000 ImageNet wnids, so that a folder holding a subset of the
+    classes (Imagenette, ImageNet-100) is evaluated with the 1000-way models; a folder that is not an
+    ImageNet-1k wnid is an error naming it."""
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    unknown = [c for c in classes if c not in index]
+    if unknown:
+        raise DataLayoutError(
+            f"{where}: class folder(s) {unknown[:5]} are not ImageNet-1k wnids (the 1000 ILSVRC2012 classes, "
+            f"n01440764 ... n15075141); {len(unknown)} of {len(classes)} folders are unknown"
+        )
+    if len(classes) < 1000:
+        log.info(
+            "%s holds %d of the 1000 ImageNet classes (e.g. %s): labels are their indices among the 1000",
+            where, len(classes), ", ".join(classes[:3]),
+        )  # fmt: skip
+    return [index[classes[label]] for label in labels]
 
 
 def _val_id(name: str) -> int | None:
@@ -293,7 +324,8 @@ def _synset_names(folders: list[Path]) -> dict[str, str]:
 def load_imagenet(
     root: Path, split: str, *, ground_truth: Path | None = None, preprocess: Preprocess = IMAGENET_PREPROCESS
 ) -> tuple[ImageDataset, list[str], list[str], str]:
-    """(dataset, wnids in class order, class names, fingerprint) of an ImageNet split."""
+    """(dataset, the wnids present, the 1000 class names, fingerprint) of an ImageNet split. Labels are
+    indices among the 1000 ImageNet-1k wnids (:func:`imagenet_wnids`), also for a subset of the classes."""
     folder = root / split if (root / split).is_dir() else root
     if not folder.is_dir():
         raise DataLayoutError(f"{folder} is not a folder; {IMAGENET_LAYOUT}")
@@ -349,13 +381,9 @@ def load_imagenet(
     bad_wnids = [c for c in classes if not WNID_RE.fullmatch(c)]
     if bad_wnids:
         raise DataLayoutError(f"class folders {bad_wnids[:3]} are not wnids (nXXXXXXXX); {IMAGENET_LAYOUT}")
-    if len(classes) != 1000:
-        raise ClassCountError(
-            f"{folder}: {len(classes)} classes ({gt_source}), ImageNet has 1000; labels are positions among "
-            "the 1000 sorted wnids, so a missing class would shift every label after it"
-        )
+    labels = _imagenet_labels(classes, labels, f"{folder} ({gt_source})")
     names = names or _synset_names([folder, root, root.parent])
-    class_names = [names.get(c, c) for c in classes]
+    class_names = [names.get(c, c) for c in imagenet_wnids()]
     source = EncodedImages(items, preprocess, base=folder)
     ds = ImageDataset(labels, ids, preprocess.image_size, source=source)
     gt_print = file_fingerprint(Path(gt_source)) if Path(gt_source).is_file() else gt_source

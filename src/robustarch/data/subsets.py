@@ -1,8 +1,12 @@
-"""Deterministic subsets of a split: the first N, a seeded class-balanced sample, or a file of example ids.
+"""Deterministic subsets of a split: the first N, N spread evenly, a seeded class-balanced sample, or a file
+of example ids.
 
 A subset is written as a string, which is also how it is described in the spec and in results:
-``"all"``, ``"first:N"``, ``"balanced:N"`` / ``"balanced:N:SEED"`` (N / num_classes examples of every class,
-drawn with numpy's PCG64 from SEED, default 0, then sorted by example id), ``"ids:PATH"`` (one example id per
+``"all"``, ``"first:N"``, ``"spread:N"`` (N examples at evenly spaced positions of the split's order: on
+files sorted by class, such as the CIFAR-10 JPEG copy or ImageNet class folders, every class in proportion;
+what ``limit=N`` takes on such files), ``"balanced:N"`` / ``"balanced:N:SEED"`` (N / num_classes examples of
+every class, drawn with numpy's PCG64 from SEED, default 0, then sorted by example id), ``"ids:PATH"`` (one
+example id per
 line, or ImageNet val file names such as ``n01440764/ILSVRC2012_val_00000293.JPEG`` as in RobustBench's
 5,000-image ImageNet list; kept in file order). A sequence of ints is an id list too.
 """
@@ -21,7 +25,7 @@ from robustarch.data.folders import _val_id
 from robustarch.errors import UnknownNameError
 
 SubsetArg = str | Path | Sequence[int] | None
-KINDS = ("all", "first", "balanced", "ids")
+KINDS = ("all", "first", "spread", "balanced", "ids")
 
 
 def read_id_file(path: Path) -> list[int]:
@@ -68,10 +72,12 @@ def select(ds: ImageDataset, subset: SubsetArg, num_classes: int) -> tuple[Image
         seed = int(parts[1]) if len(parts) > 1 and parts[1] else 0
     except ValueError:
         raise DataError(f"bad subset {subset!r}: expected first:N, balanced:N or balanced:N:SEED") from None
-    if n <= 0 or n > len(ds) or (kind == "first" and len(parts) > 1) or len(parts) > 2:
+    if n <= 0 or n > len(ds) or (kind in ("first", "spread") and len(parts) > 1) or len(parts) > 2:
         raise DataError(f"bad subset {subset!r}: N must be in 1..{len(ds)} (the split's size)")
     if kind == "first":
         return ds.select(range(n)), f"first:{n}"
+    if kind == "spread":
+        return ds.select(spread_positions(len(ds), n)), f"spread:{n}"
     if n % num_classes:
         raise DataError(
             f"balanced:{n} needs a multiple of the {num_classes} classes (e.g. "
@@ -91,6 +97,18 @@ def select(ds: ImageDataset, subset: SubsetArg, num_classes: int) -> tuple[Image
     positions = np.concatenate(chosen)
     positions = positions[np.argsort(ds.example_ids.numpy()[positions], kind="stable")]
     return ds.select(positions), f"balanced:{n}:{seed}"
+
+
+def spread_positions(total: int, n: int) -> list[int]:
+    """``n`` evenly spaced positions of ``range(total)``: ``floor(i * total / n)``, starting at 0."""
+    return [i * total // n for i in range(n)]
+
+
+def is_class_sorted(labels: Sequence[int] | np.ndarray) -> bool:
+    """Whether examples come grouped by class (labels never decrease and more than one class is present):
+    then the first N examples are a few classes only."""
+    arr = np.asarray(labels)
+    return len(arr) > 1 and bool((np.diff(arr) >= 0).all()) and arr[0] != arr[-1]
 
 
 def _by_ids(ds: ImageDataset, ids: list[int], description: str) -> tuple[ImageDataset, str]:
