@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 import robustarch.attacks as ra
+from models_for_tests import tiny_cnn
 from robustarch.errors import RobustarchError, UnknownNameError
-from robustarch.zoo._normalize import Normalized
+from robustarch.zoo import Normalized
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
@@ -42,21 +43,6 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def tiny_cnn(in_channels: int = 1) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 7 * 7, 10),
-    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,12 +11,12 @@ import torch
 
 from robustarch import attacks as ra
 from robustarch.errors import RobustarchError
-from robustarch.evaluation import AttackPlan, DataSource, Engine, ModelSource, chunk_seed, may_skip
+from robustarch.evaluation import AttackPlan, DataSource, Engine, ModelRef, chunk_seed, may_skip
 from robustarch.evaluation.checks import model_checks, store_checks
 from robustarch.store import Store
 from test_store import make_key, random_outcomes
 
-TINY_RESNET = ModelSource("resnet18", overrides={"width": 4})
+TINY_RESNET = ModelRef.zoo("resnet18", overrides={"width": 4}, random_init=True)
 
 
 class Pairs(torch.utils.data.Dataset):

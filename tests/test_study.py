@@ -48,7 +48,7 @@ def tiny_models_toml(models=("resnet18", "darts")) -> str:
     rows = []
     for m in models:
         ov = ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY[m].items())
-        rows.append(f'  {{ name = "{m}", overrides = {{ {ov} }} }},')
+        rows.append(f'  {{ name = "{m}", overrides = {{ {ov} }}, random_init = true }},')
     return "\n".join(rows)
 
 
@@ -169,6 +169,7 @@ def test_evaluate_real_cifar10_jpeg(tmp_path, capsys):
         "--store",
         str(store),
         "--no-progress",
+        "--random-init",
     ]
     for k, v in TINY["vgg16_bn"].items():
         argv += ["--override", f"{k}={v}"]
@@ -330,10 +331,11 @@ BAD_FLAGS = [
     (["--attacks", "fgsm,pgdd"], "unknown attack 'pgdd'"),
     (["--preset", "papr"], "unknown attack preset 'papr'"),
     (["--attacks", "fgsm", "--profile", "historic"], "unknown attack profile 'historic'"),
-    (["--override", "width"], "--override expects NAME=VALUE"),
+    (["--override", "width"], "--arch expects NAME=VALUE"),
+    (["--arch", "width"], "--arch expects NAME=VALUE"),
     (["--override", "widht=4"], "unknown argument of model 'resnet18'"),
     (["--weights", "/nonexistent/w.pt"], "weights file /nonexistent/w.pt does not exist"),
-    (["--dtype", "float64"], "--dtype must be one of"),
+    (["--dtype", "float64"], "unknown dtype 'float64'"),
     (["--device", "quantum"], "unknown device 'quantum'"),
 ]
 
@@ -356,6 +358,8 @@ def test_bad_evaluate_flags(tmp_path, capsys, flags, message):
     ]
     if "--attacks" not in flags and "--preset" not in flags:
         argv += ["--attacks", "fgsm"]
+    if "--weights" not in flags:
+        argv.append("--random-init")
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s.sqlite").exists()

@@ -13,7 +13,14 @@ tensors; see ``docs/attacks.md``.
 
 from robustarch.attacks import apgd, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
 from robustarch.attacks._base import Attack, AttackResult, AttackTraits, budget_255, check_inputs, check_model
-from robustarch.attacks._presets import PRESETS, dataset_budget, preset, standard_attack
+from robustarch.attacks._presets import (
+    PRESETS,
+    dataset_budget,
+    own_params,
+    preset,
+    rescale,
+    standard_attack,
+)
 from robustarch.attacks._registry import (
     PROFILES,
     attack_class,
@@ -39,7 +46,9 @@ __all__ = [
     "dataset_budget",
     "from_record",
     "list_attacks",
+    "own_params",
     "preset",
     "register_attack",
+    "rescale",
     "standard_attack",
 ]

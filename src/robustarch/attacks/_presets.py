@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustarch.attacks._registry import create
+from robustarch.attacks._registry import constructor_params, create
 from robustarch.errors import RobustarchError, UnknownNameError
 
 PRESETS = ("paper", "paper-defaults", "standard")
@@ -55,6 +55,23 @@ def standard_attack(name: str, dataset: str | None = None, *, eps: float | None 
         merged.update({k: share * eps for k, share in BUDGET_SHARE.get(name, {}).items()})
     merged.update(params)
     return create(name, "standard", **merged)
+
+
+def own_params(attack: Any) -> dict[str, Any]:
+    """An attack's parameters as its constructor takes them (defaults filled in, the flaw switch kept, mean
+    and std only where given)."""
+    return constructor_params(attack.params)
+
+
+def rescale(attack: Any, eps: float, *, keep: set[str] | frozenset[str] = frozenset()) -> Any:
+    """The same attack at budget ``eps``; in the standard profile the step sizes that are a share of the
+    budget (``BUDGET_SHARE``) follow it, except the parameters named in ``keep``."""
+    params = {**own_params(attack), "eps": eps}
+    if attack.profile == "standard":
+        params.update(
+            {k: share * eps for k, share in BUDGET_SHARE.get(attack.name, {}).items() if k not in keep}
+        )
+    return create(attack.name, attack.profile, **params)
 
 
 def _defaults(name: str) -> dict[str, Any]:

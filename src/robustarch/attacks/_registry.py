@@ -66,11 +66,16 @@ def create(name: str, profile: str = "standard", **params: Any) -> Any:
     return cls(profile=profile, **params)
 
 
+def constructor_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``Attack.params`` as the constructor takes them: mean and std only where given (with the flaw)."""
+    params = dict(params)
+    if params.get("mean") is None:
+        params.pop("mean", None)
+        params.pop("std", None)
+    return params
+
+
 def from_record(name: str, profile: str, params: dict[str, Any]) -> Any:
     """The attack a stored run records (its id, profile and the parameters ``Attack.params`` gave), rebuilt
     to read what it is like (``traits``) or how to name it (``describe()``)."""
-    params = dict(params)
-    if params.get("mean") is None:  # recorded only with the emulated flaw
-        params.pop("mean", None)
-        params.pop("std", None)
-    return create(name, profile, **params)
+    return create(name, profile, **constructor_params(params))

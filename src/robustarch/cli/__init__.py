@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     except RobustarchError as err:
         print(f"robustarch {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # one line, no traceback: an evaluation says how much it committed (EvaluationInterrupted)
+        print(f"\n{err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

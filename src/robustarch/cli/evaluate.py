@@ -1,62 +1,112 @@
-"""``robustarch evaluate`` (one model, a printed table) and ``robustarch study run|status|show``."""
+"""``robustarch evaluate`` (one model, a printed table) and ``robustarch study run|status|show``.
+
+Both build evaluation specs (``robustarch.evaluation.spec``) and run them through the one engine; the
+tables are read back from the store.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from robustarch.errors import RobustarchError
-from robustarch.store import DEFAULT_STORE, RunResult, Store
+
+DEFAULT_STORE = "robustarch.sqlite"  # robustarch.store.DEFAULT_STORE, written out: no import at --help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_evaluate(subparsers)
+    _register_study(subparsers)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser(
         "evaluate",
-        help="evaluate one model under attacks and print a table (results go to the store)",
-        description="Clean and adversarial accuracy of one model on one dataset; every number is stored "
-        "(with per-example outcomes) and the table is read back from the store.",
+        help="evaluate one model (zoo, your own factory, any checkpoint) under attacks and print a table",
+        description="Clean and adversarial accuracy of one model on one dataset, with reliability checks. "
+        "Every number is stored (with per-example outcomes) and the table is read back from the store; "
+        "running the same command again resumes. Ctrl-C stops with everything committed kept.",
     )
-    ev.add_argument("--model", required=True, help="zoo model name (robustarch models)")
-    ev.add_argument(
-        "--dataset", required=True, help="dataset id (cifar10, cifar100, cifar10-jpeg, imagenet, ...)"
+    m = ev.add_argument_group("model")
+    m.add_argument(
+        "--model",
+        required=True,
+        help="a zoo model (robustarch models), or a factory package.module:function (or file.py:function) "
+        "returning an nn.Module that maps [0,1] images to logits",
     )
-    ev.add_argument("--data-root", default=None, help="folder holding the dataset")
-    ev.add_argument(
-        "--weights", default=None, help="checkpoint file (default: the seeded random initialisation)"
+    m.add_argument("--weights", default=None, help="checkpoint file to load into the model")
+    m.add_argument(
+        "--random-init",
+        action="store_true",
+        help="evaluate a zoo model's random initialisation on purpose (runs are marked as such); without "
+        "it, a zoo model needs --weights",
     )
-    group = ev.add_mutually_exclusive_group()
-    group.add_argument("--preset", default=None, help="attack preset: paper, paper-defaults or standard")
-    group.add_argument("--attacks", default=None, help="comma-separated attack ids (with --profile)")
-    ev.add_argument("--profile", default="standard", help="profile for --attacks: paper or standard")
-    ev.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="evaluate the first N examples (where the files are sorted by class, as in cifar10-jpeg, "
-        "these are one class: use --subset balanced:N)",
-    )
-    ev.add_argument("--subset", default=None, help="subset: first:N, balanced:N[:SEED], ids:PATH")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=int, default=128)
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ev.add_argument("--dtype", default="float32", help="float32 (default), amp-bfloat16 or amp-float16")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--store", default=DEFAULT_STORE, help=f"results store file (default {DEFAULT_STORE})")
-    ev.add_argument(
-        "--override",
+    m.add_argument(
+        "--arch",
+        "--model-kwarg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="architecture override, e.g. --override C=16 (repeatable)",
+        dest="arch",
+        help="architecture override of a zoo model (e.g. --arch width=16) or keyword argument of a factory "
+        "(repeatable; values are TOML literals)",
     )
-    ev.add_argument("--no-checks", action="store_true", help="skip the reliability checks")
-    ev.add_argument("--no-progress", action="store_true")
+    m.add_argument("--override", action="append", default=[], dest="arch", help=argparse.SUPPRESS)
+    m.add_argument("--mean", default=None, help="a factory model's input mean, e.g. 0.4914,0.4822,0.4465")
+    m.add_argument("--std", default=None, help="a factory model's input std (normalization put inside)")
+    d = ev.add_argument_group("data")
+    d.add_argument(
+        "--dataset",
+        required=True,
+        help="dataset id: cifar10, cifar100, cifar10-jpeg, fashion-mnist, imagenet, imagefolder",
+    )
+    d.add_argument("--data-root", default=None, help="folder holding the dataset")
+    d.add_argument("--split", default="test")
+    d.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate N examples: the first N, or, where the files are sorted by class (cifar10-jpeg, "
+        "ImageNet class folders), N spread evenly over every class (subset spread:N)",
+    )
+    d.add_argument("--subset", default=None, help="first:N, spread:N, balanced:N[:SEED] or ids:PATH")
+    d.add_argument("--image-size", default=None, metavar="S|C,H,W", help="imagefolder: the model's input")
+    d.add_argument("--resize", type=int, default=None, help="imagefolder: resize the short side, then crop")
+    d.add_argument("--num-classes", type=int, default=None, help="imagefolder: the model's output classes")
+    a = ev.add_argument_group("attacks")
+    group = a.add_mutually_exclusive_group()
+    group.add_argument(
+        "--preset", default=None, help="attack preset: paper, paper-defaults or standard (the default)"
+    )
+    group.add_argument("--attacks", default=None, help="comma-separated attack ids (robustarch attacks list)")
+    a.add_argument("--profile", default="standard", help="profile for --attacks: standard or paper")
+    a.add_argument("--eps", type=float, default=None, help="budget of every attack (pixels; 8/255 = 0.0314)")
+    a.add_argument("--alpha", type=float, default=None, help="step size of every attack that has one")
+    a.add_argument("--steps", type=int, default=None, help="iterations of every attack that has them")
+    a.add_argument("--restarts", type=int, default=None, help="restarts of every attack that has them")
+    a.add_argument(
+        "--attack-param",
+        action="append",
+        default=[],
+        metavar="LABEL.KEY=VALUE",
+        help="one attack's parameter, e.g. --attack-param pgd.steps=20 (repeatable)",
+    )
+    r = ev.add_argument_group("running and output")
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--dtype", default="float32", help="float32 (default), amp-bfloat16 or amp-float16")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--store", default=DEFAULT_STORE, help=f"results store file (default {DEFAULT_STORE})")
+    r.add_argument("--format", default="table", choices=("table", "json", "csv"), help="stdout format")
+    r.add_argument("--no-checks", action="store_true", help="skip the reliability checks")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _register_study(subparsers: argparse._SubParsersAction) -> None:
     st = subparsers.add_parser("study", help="run a study file (datasets x models x attacks) into the store")
     sub = st.add_subparsers(dest="study_command", metavar="ACTION", required=True)
     for name, func, helptext in (
@@ -83,6 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_study_show)
 
 
+# -- parsing flags -----------------------------------------------------------------------------------------
 def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
     out = {}
     for item in items:
@@ -106,80 +157,108 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise RobustarchError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and value < 1:
         raise RobustarchError(f"{flag} must be >= 1, got {value}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from robustarch.evaluation.study import Study, StudyDataset, StudyModel, run_study
+def _attack_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in _pairs(items, "--attack-param").items():
+        label, dot, param = key.rpartition(".")
+        if not dot or not label or not param:
+            raise RobustarchError(f"--attack-param expects LABEL.KEY=VALUE (e.g. pgd.steps=20), got {key!r}")
+        out.setdefault(label, {})[param] = _literal(value)
+    return out
 
-    _positive(args.limit, "--limit")
-    _positive(args.batch_size, "--batch-size")
-    if args.preset:
-        entries = [f"preset:{args.preset}"]
-        defs: dict[str, dict[str, Any]] = {}
-    else:
-        names = _csv(args.attacks) or []
-        defs = {n: {"attack": n, "profile": args.profile} for n in names}
-        entries = names
-    overrides = {k: _literal(v) for k, v in _pairs(args.override, "--override").items()}
-    weights = str(Path(args.weights).expanduser().resolve()) if args.weights else None
-    if weights and not Path(weights).is_file():
-        raise RobustarchError(f"weights file {weights} does not exist")
+
+def _image_size(text: str | None) -> Any:
+    if text is None:
+        return None
+    parts = [int(p) for p in text.split(",")]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def evaluation_spec(args: argparse.Namespace) -> Any:
+    """The evaluation spec the ``evaluate`` flags describe, validated before any work."""
+    from robustarch.evaluation import (
+        AttackOverrides,
+        DataRef,
+        EvaluationSpec,
+        apply_overrides,
+        resolve_attacks,
+        resolve_device,
+    )
+    from robustarch.evaluation.api import model_ref
+
+    for flag in ("limit", "batch_size", "steps", "restarts", "num_classes"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.data_root and not Path(args.data_root).expanduser().exists():
         raise RobustarchError(f"data root {args.data_root} does not exist")
-    store = Path(args.store).expanduser()
-    study = Study(
-        Path("evaluate"),
-        "evaluate",
-        str(store),
-        args.device,
-        args.batch_size,
-        args.seed,
-        args.dtype,
-        not args.no_checks,
-        64,
-        [],
-        defs,
+    weights = str(Path(args.weights).expanduser().resolve()) if args.weights else None
+    arch = {k: _literal(v) for k, v in _pairs(args.arch, "--arch").items()}
+    ref = model_ref(
+        args.model, weights=weights, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
+        random_init=args.random_init, arch=arch,
+    )  # fmt: skip
+    options = {
+        k: v
+        for k, v in (("image_size", _image_size(args.image_size)), ("resize", args.resize))
+        if v is not None
+    }
+    data = DataRef(
+        args.dataset, args.data_root, args.split, args.limit, args.subset, tuple(sorted(options.items())),
+        num_classes=args.num_classes,
+    )  # fmt: skip
+    if args.attacks:
+        entries: list[Any] = [(n, {"profile": args.profile}) for n in _csv(args.attacks) or []]
+    else:
+        entries = [f"preset:{args.preset or 'standard'}"]
+    overrides = AttackOverrides(
+        args.eps, args.alpha, args.steps, args.restarts, _attack_params(args.attack_param)
     )
-    ds = StudyDataset(
-        args.dataset,
-        args.data_root,
-        args.split,
-        args.limit,
-        args.subset,
-        entries,
-        [StudyModel(args.model, args.model, weights, overrides)],
-    )
-    study.datasets = [ds]
-    _validate_direct(study)
-    run_ids = run_study(study, progress=not args.no_progress)
-    with Store(store) as s:
-        results = [s.result(r) for r in dict.fromkeys(run_ids)]
-    print(format_results(results))
-    print(f"\nstored in {store} ({len(results)} runs)")
+    from robustarch import data as rdata
+
+    if args.dataset not in rdata.list_datasets():
+        from robustarch.errors import UnknownNameError
+
+        raise UnknownNameError("dataset", args.dataset, rdata.list_datasets())
+    ref.validate(data.budget_dataset)
+    plans = apply_overrides(resolve_attacks(entries, data.budget_dataset), overrides)
+    resolve_device(args.device)
+    return EvaluationSpec(
+        ref, data, tuple(plans), args.batch_size, args.device, args.dtype, args.seed, not args.no_checks,
+        store=str(Path(args.store).expanduser()),
+    )  # fmt: skip
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from robustarch.evaluation.runner import run_specs
+
+    spec = evaluation_spec(args)
+    run_ids = run_specs([spec], spec.store, progress=not args.no_progress)
+    _print_results(spec.store, run_ids, args.format, grid=False)
     return 0
 
 
-def _validate_direct(study: Any) -> None:
-    """The checks load_study makes, for a study built from flags (evaluate)."""
-    from robustarch import zoo
-    from robustarch.evaluation.engine import DTYPES, resolve_device
+def _print_results(store: str, run_ids: Sequence[str], fmt: str, *, grid: bool) -> None:
+    from robustarch.evaluation.tables import FORMATTERS, format_grid
+    from robustarch.store import Store
 
-    ds = study.datasets[0]
-    from robustarch import data as rdata
-
-    if ds.name not in rdata.list_datasets():
-        from robustarch.errors import UnknownNameError
-
-        raise UnknownNameError("dataset", ds.name, rdata.list_datasets())
-    zoo.get_spec(ds.models[0].name, ds.name)
-    zoo.build_kwargs(ds.models[0].name, ds.name, **ds.models[0].overrides)
-    if study.dtype not in DTYPES:
-        raise RobustarchError(f"--dtype must be one of {', '.join(DTYPES)}, got {study.dtype!r}")
-    resolve_device(study.device)
-    study.attack_plans(ds)
+    with Store(store) as s:
+        results = [s.result(r) for r in dict.fromkeys(run_ids)]
+    print(format_grid(results) if grid and fmt == "table" else FORMATTERS[fmt](results))
+    print(f"\nstored in {store} ({len(results)} runs)", file=sys.stderr if fmt != "table" else sys.stdout)
 
 
 def _study(args: argparse.Namespace) -> Any:
@@ -190,17 +269,14 @@ def _study(args: argparse.Namespace) -> Any:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from robustarch.evaluation.distributed import _env_int
+    from robustarch.evaluation.distributed import env_int
     from robustarch.evaluation.study import run_study
 
     study = _study(args)
     store = args.store or study.store
     run_ids = run_study(study, store, progress=not args.no_progress)
-    if _env_int("RANK", 0) == 0:
-        with Store(store) as s:
-            results = [s.result(r) for r in dict.fromkeys(run_ids)]
-        print(format_grid(results))
-        print(f"\nstored in {store} ({len(results)} runs)")
+    if env_int("RANK", 0) == 0:
+        _print_results(store, run_ids, "table", grid=True)
     return 0
 
 
@@ -227,58 +303,3 @@ def cmd_study_show(args: argparse.Namespace) -> int:
 
     sys.stdout.write(preset_study_path(args.name).read_text())
     return 0
-
-
-# -- tables (read from the store) ------------------------------------------------------------------------
-def _pct(x: float) -> str:
-    return "  n/a" if math.isnan(x) else f"{100 * x:5.2f}"
-
-
-def _flags(r: RunResult) -> str:
-    bad = [f"{f.check}:{f.status}" for f in r.flags if f.status != "ok"]
-    return ", ".join(bad) if bad else ("ok" if r.flags else "-")
-
-
-def format_results(results: Sequence[RunResult]) -> str:
-    """One row per run: accuracies (%) with 95% Wilson intervals, realized L-inf, flags."""
-    head = (
-        f"{'model':<14} {'attack':<10} {'profile':<8} {'eps':>8} {'n':>6}  {'top-1 %':>7} {'95% CI':>13}  "
-        f"{'top-5 %':>7}  {'Linf max':>9}  flags"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        clean = r.attack == "clean"
-        acc1, ci, acc5 = (
-            (r.clean_top1, r.clean_top1_ci, r.clean_top5)
-            if clean
-            else (r.adv_top1, r.adv_top1_ci, r.adv_top5)
-        )
-        label = r.meta.get("label", r.attack)
-        eps = r.attack_params.get("eps")
-        lines.append(
-            f"{r.model:<14} {label:<10} {r.profile:<8} {'' if eps is None else f'{eps:.4g}':>8} {r.n:>6}  "
-            f"{_pct(acc1):>7} {_pct(ci[0]).strip() + '-' + _pct(ci[1]).strip():>13}  {_pct(acc5):>7}  "
-            f"{r.linf_max * 255:>6.2f}/255  {_flags(r)}"
-        )
-    return "\n".join(lines)
-
-
-def format_grid(results: Sequence[RunResult]) -> str:
-    """Per dataset: models as rows, attacks as columns (top-1 %), as the paper's tables."""
-    out = []
-    for dataset in dict.fromkeys(r.dataset for r in results):
-        rows = [r for r in results if r.dataset == dataset]
-        labels = list(dict.fromkeys(r.meta.get("label", r.attack) for r in rows))
-        models = list(dict.fromkeys(r.model for r in rows))
-        cell = {(r.model, r.meta.get("label", r.attack)): r for r in rows}
-        label = rows[0].dataset_label
-        out.append(f"{label} ({rows[0].subset}, top-1 %)")
-        out.append(f"{'model':<16}" + "".join(f"{lab:>11}" for lab in labels))
-        for m in models:
-            vals = []
-            for lab in labels:
-                r = cell.get((m, lab))
-                vals.append("" if r is None else _pct(r.clean_top1 if r.attack == "clean" else r.adv_top1))
-            out.append(f"{m:<16}" + "".join(f"{v:>11}" for v in vals))
-        out.append("")
-    return "\n".join(out).rstrip()

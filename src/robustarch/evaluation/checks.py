@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from robustarch.attacks import AttackTraits, from_record
+from robustarch.attacks import AttackTraits, from_record, own_params
 from robustarch.errors import RobustarchError
 from robustarch.store import RunResult, Store
 
@@ -44,7 +44,7 @@ def _flagged(store: Store, run_id: str, check: str) -> bool:
 def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
     """Run the model checks of a job whose runs are complete (checks already flagged are skipped unless
     ``force``)."""
-    from robustarch.evaluation.engine import _topk_hits, chunk_seed
+    from robustarch.evaluation.engine import chunk_seed, topk_hits
 
     store: Store = engine.store
     start, stop = job.runs[0].key.chunk_bounds(0)
@@ -55,7 +55,7 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
     with torch.no_grad():
         logits = model(x).float()
         again = model(x).float()
-    _, c1, _ = _topk_hits(logits, y)
+    _, c1, _ = topk_hits(logits, y)
     if force or not _flagged(store, clean_run.run_id, "deterministic_forward"):
         training = [n for n, m in model.named_modules() if m.training]
         diff = float((logits - again).abs().max()) if logits.numel() else 0.0
@@ -65,7 +65,15 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
         if training:
             status, detail = "fail", f"{len(training)} module(s) in training mode, e.g. {training[0]!r}"
         elif diff > 0:
-            status, detail = "fail", f"two forwards of the same batch differ by up to {diff:.3g}"
+            status, detail = (
+                "warn",
+                (
+                    f"two forwards of the same batch differ by up to {diff:.3g}: the model is randomized "
+                    "(or nondeterministic), so a gradient attack sees one draw of it; attack it with "
+                    "Expectation over Transformation (eot_samples=N on the gradient attacks, preset "
+                    "autoattack-rand) and expect its numbers to vary between runs"
+                ),
+            )
         elif probs_like:
             status, detail = "warn", "outputs look like probabilities (in [0,1], summing to 1), not logits"
         store.add_flag(clean_run.run_id, "deterministic_forward", status, diff, detail)
@@ -90,7 +98,7 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
                 # fraction of the cost; steps=0 would mean StepLL's automatic count, 0 at eps 0: no step
                 zero["steps"] = 1
             try:
-                a0 = type(attack)(profile=attack.profile, **{**_own_params(attack), **zero})
+                a0 = type(attack)(profile=attack.profile, **{**own_params(attack), **zero})
             except RobustarchError as err:
                 store.add_flag(
                     r.run_id, "eps0_identity", "warn", None, f"cannot build the eps=0 attack: {err}"
@@ -99,7 +107,7 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
                 adv0 = a0(model, x, y, generator=torch.Generator().manual_seed(chunk_seed(r.run_id, 0)))
                 moved = float((adv0 - x).abs().max()) if x.numel() else 0.0
                 with torch.no_grad():
-                    _, h1, _ = _topk_hits(model(adv0), y)
+                    _, h1, _ = topk_hits(model(adv0), y)
                 changed = int((h1 != c1).sum())
                 ok = moved == 0.0 and changed == 0
                 store.add_flag(
@@ -127,7 +135,7 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
             signs = torch.rand(x.shape, generator=gen).to(x.device).lt(0.5).float() * 2 - 1
             noisy = (x + eps * signs).clamp(0, 1)
             with torch.no_grad():
-                _, n1, _ = _topk_hits(model(noisy), y)
+                _, n1, _ = topk_hits(model(noisy), y)
             if r.key.adv_metric == "robust":
                 n1 = n1 & c1
             noise_acc = float(n1.float().mean())
@@ -152,7 +160,7 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
             ref = copy.copy(engine)
             ref.dtype = "float32"
             outs = ref._attack_chunk(
-                model, r, 0, x, y, job.data.example_ids[start:stop], *_topk_hits(logits, y)
+                model, r, 0, x, y, job.data.example_ids[start:stop], *topk_hits(logits, y)
             )
             agree = sum(a.adv_correct1 == b.adv_correct1 for a, b in zip(outs, stored[r.run_id], strict=True))
             frac = 1 - agree / max(1, len(outs))
@@ -164,15 +172,6 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
                 f"{engine.dtype} vs float32 on chunk 0 ({len(outs)} examples): {len(outs) - agree} top-1 "
                 "adversarial outcome(s) differ",
             )
-
-
-def _own_params(attack: Any) -> dict[str, Any]:
-    """The attack's parameters as its constructor takes them (defaults filled in)."""
-    params = dict(attack.params)
-    if params.get("mean") is None:
-        params.pop("mean", None)
-        params.pop("std", None)
-    return params
 
 
 # -- store checks ------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class Context:
             self.owns_group = False
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None:
         return default
@@ -61,9 +61,9 @@ def _env_int(name: str, default: int) -> int:
 def init(device: str = "auto", *, timeout_s: float = 3600.0) -> Context:
     """The process's place in the run: a single process, or a rank under torchrun (process group created
     here when torchrun's variables are set and none exists yet)."""
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local = _env_int("LOCAL_RANK", rank)
+    world = env_int("WORLD_SIZE", 1)
+    rank = env_int("RANK", 0)
+    local = env_int("LOCAL_RANK", rank)
     if world < 1 or not 0 <= rank < world:
         raise RobustarchError(f"RANK={rank} is outside WORLD_SIZE={world}")
     dev = resolve_device(device)

@@ -13,10 +13,13 @@ uninterrupted process.
 
 Skipping (``docs/study.md``). An example is not attacked only where its result is defined without the
 attack: ``adv_metric == "robust"`` (correct on x *and* x_adv) makes an example whose clean top-5 is wrong
-adversarially wrong in top-1 and top-5, whatever the attack does; and only for attacks that draw no random
-numbers and treat examples independently (FGSM, StepLL, PGD without random start), so the other examples
-see the same computation. The ``paper`` profile measures accuracy on the perturbed set (``perturbed``):
-nothing is skipped there.
+adversarially wrong in top-1 and top-5, whatever the attack does; and only for attacks whose class declares
+them per-example and not randomized (``AttackTraits.may_skip``: FGSM, StepLL, PGD without random start), so
+the other examples see the same computation. The ``paper`` profile measures accuracy on the perturbed set
+(``perturbed``): nothing is skipped there.
+
+Non-finite logits. An example whose logits hold a NaN or an infinity has no prediction: it is stored with
+prediction -1 and counted wrong (the ``finite_logits`` check flags the run).
 """
 
 from __future__ import annotations
@@ -25,29 +28,25 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
-import platform
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from robustarch.data import DataSource, load_source
 from robustarch.errors import RobustarchError
+from robustarch.evaluation.provenance import hash_state_dict, run_provenance, weights_file_hash
+from robustarch.evaluation.spec import DTYPES, ModelRef
 from robustarch.store import ExampleOutcome, RunKey, Store
 from robustarch.store._hooks import pause_point
 
 log = logging.getLogger(__name__)
 
 CLEAN = "clean"
-DTYPES = ("float32", "amp-bfloat16", "amp-float16")
+NO_PREDICTION = -1  # the stored prediction of an example whose logits are not finite
 
 
 def adv_metric_for(profile: str) -> str:
@@ -81,71 +80,6 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def hash_state_dict(model: nn.Module) -> str:
-    """sha256 over a state_dict's names, dtypes, shapes and bytes (first 16 hex): identifies weights that
-    come from no file (random initialisation), so two different initialisations are never one run."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def weights_file_hash(path: str | os.PathLike[str]) -> str:
-    """sha256 of a weights file (first 16 hex), cached per (path, size, mtime) within a process."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _FILE_HASHES[key] = h.hexdigest()[:16]
-    return _FILE_HASHES[key]
-
-
-def code_revision() -> str:
-    """The git revision of the robustarch source (``+dirty`` when changed), or ``unknown``."""
-    src = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
-
-
-def library_versions() -> dict[str, str]:
-    import numpy
-
-    import robustarch
-
-    return {
-        "robustarch": robustarch.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "sqlite": __import__("sqlite3").sqlite_version,
-    }
-
-
 @dataclass(frozen=True)
 class AttackPlan:
     """One configured attack of a job; ``label`` is how a study names it (e.g. a preset key, ``pgd-eps2``)."""
@@ -166,79 +100,17 @@ class AttackPlan:
         return dict(self.attack.params)
 
 
-@dataclass
-class DataSource:
-    """An ordered example list: a torch Dataset of ([0,1] image, label) with stable example ids."""
-
-    dataset: str  # dataset id (robustarch.data)
-    label: str  # how reports name it
-    subset: str  # names the ordered list, e.g. "test/first:1000"
-    data: Any  # torch Dataset
-    example_ids: list[int]
-    num_classes: int
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.example_ids)
-
-    def batch(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        """Images (float32 in [0,1]) and labels of positions [start, stop)."""
-        ds = self.data
-        if hasattr(ds, "uint8_item") and hasattr(ds, "labels"):
-            if getattr(ds, "is_decoded", False):
-                u8 = ds.uint8()[start:stop]  # a slice of the in-memory / memory-mapped tensor
-            else:
-                u8 = torch.stack([ds.uint8_item(i) for i in range(start, stop)])
-            return u8.float().div_(255.0), ds.labels[start:stop].clone()
-        items = [ds[i] for i in range(start, stop)]
-        return torch.stack([x for x, _ in items]), torch.as_tensor(
-            [int(y) for _, y in items], dtype=torch.int64
-        )
-
-
 def load_data(
     dataset: str,
-    root: str | os.PathLike[str] | None,
+    root: Any,
     *,
     split: str = "test",
     limit: int | None = None,
     subset: Any = None,
     **options: Any,
 ) -> DataSource:
-    """A :class:`DataSource` through ``robustarch.data.load`` (``options``: cache, ground_truth, ...)."""
-    from robustarch import data as rdata
-
-    ds, spec = rdata.load(dataset, root, split=split, limit=limit, subset=subset, **options)
-    ids = [int(i) for i in ds.example_ids] if hasattr(ds, "example_ids") else list(range(len(ds)))
-    subset_name = f"{getattr(spec, 'split', split)}/{getattr(spec, 'subset', None) or 'all'}"
-    info = {"root": str(root), "preprocessing": getattr(spec, "preprocessing", ""), "split": split}
-    return DataSource(
-        dataset, getattr(spec, "label", dataset), subset_name, ds, ids, int(spec.num_classes), info
-    )
-
-
-@dataclass
-class ModelSource:
-    """A model of the zoo with its weights (``None``: the random initialisation under ``seed``)."""
-
-    name: str
-    weights: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    allow_pickle: bool = False
-    id: str | None = None  # how results name the model (e.g. densenas_large for the generic densenas entry)
-
-    @property
-    def model_id(self) -> str:
-        return self.id or self.name
-
-    def load(self, dataset: str, seed: int) -> nn.Module:
-        from robustarch import zoo
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # a random initialisation is a function of the study's seed
-            return zoo.load(
-                self.name, dataset, self.weights, allow_pickle=self.allow_pickle, **self.overrides
-            )
+    """A :class:`~robustarch.data.DataSource` of a dataset of the table (``robustarch.data.load_source``)."""
+    return load_source(dataset, root, split=split, limit=limit, subset=subset, **options)
 
 
 @dataclass
@@ -255,13 +127,15 @@ class PlannedRun:
 
 @dataclass
 class ModelJob:
-    """Everything one model's evaluation needs, planned: the runs' keys are fixed and registered."""
+    """Everything one model's evaluation needs, planned: the runs' keys are fixed and registered.
+    ``attack_model`` is the model prepared for attacking (built on first use, then kept)."""
 
     data: DataSource
-    model_source: ModelSource
-    model: nn.Module
+    model_ref: ModelRef
+    model: nn.Module | None
     runs: list[PlannedRun]
     meta: dict[str, Any]
+    _prepared: nn.Module | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -273,23 +147,43 @@ class ModelJob:
         return {r.run_id: all_chunks - store.committed_chunks(r.run_id) for r in self.runs}
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for an ``amp-*`` dtype, nothing for float32."""
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=getattr(torch, dtype.removeprefix("amp-")))
 
 
-def _topk_hits(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def topk_hits(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(top-1 prediction, top-1 correct, top-5 correct); a row with a NaN or infinite logit has prediction
+    ``NO_PREDICTION`` and is wrong in both."""
     k = min(5, logits.shape[1])
-    top = logits.float().topk(k, dim=1).indices
-    pred = top[:, 0]
-    return pred, pred == labels, (top == labels[:, None]).any(1)
+    logits = logits.float()
+    finite = torch.isfinite(logits).all(1)
+    top = logits.nan_to_num(nan=-math.inf).topk(k, dim=1).indices
+    pred = torch.where(finite, top[:, 0], torch.full_like(top[:, 0], NO_PREDICTION))
+    return pred, (pred == labels) & finite, (top == labels[:, None]).any(1) & finite
+
+
+def model_identity(ref: ModelRef, model: nn.Module | None) -> str:
+    """What identifies a model's weights in its runs' keys: the weights file's hash for a zoo entry, a
+    hash of the random initialisation's state_dict, or, for a model from a factory or from Python, a hash of
+    its state_dict together with its factory arguments and normalization (both change its outputs)."""
+    if ref.kind == "zoo":
+        return weights_file_hash(ref.weights) if ref.weights else "init-" + hash_state_dict(model)  # type: ignore[arg-type]
+    assert model is not None
+    recipe = hashlib.sha256(
+        repr((ref.name, sorted(ref.arch.items()), ref.mean, ref.std)).encode()
+    ).hexdigest()[:8]
+    return f"{hash_state_dict(model)}+{recipe}"
 
 
 class Engine:
     """Runs :class:`ModelJob` s into a :class:`Store`. ``rank``/``world_size`` shard chunks over processes
     (chunk c belongs to rank ``c % world_size``); ``dtype`` ``amp-*`` runs attacks and forwards under
-    autocast and re-checks ``recheck`` examples per run in float32 (stored as a flag)."""
+    autocast and re-checks ``recheck`` examples per run in float32 (stored as a flag). ``progress`` (a
+    :class:`~robustarch.evaluation.progress.Progress`) hears of each run started and each chunk committed;
+    ``chunks_committed`` counts the (run, chunk) commits this engine made."""
 
     def __init__(
         self,
@@ -302,7 +196,7 @@ class Engine:
         recheck: int = 64,
         rank: int = 0,
         world_size: int = 1,
-        progress: Callable[[int], None] | None = None,
+        progress: Any = None,
         prepare: bool = True,
     ):
         if batch_size < 1:
@@ -316,12 +210,13 @@ class Engine:
         self.batch_size, self.seed, self.dtype, self.recheck = batch_size, seed, dtype, recheck
         self.rank, self.world_size = rank, world_size
         self.progress, self.prepare = progress, prepare
+        self.chunks_committed = 0
 
     # -- planning -------------------------------------------------------------------------------------
     def plan(
         self,
         data: DataSource,
-        model_source: ModelSource,
+        model_ref: ModelRef,
         attacks: Sequence[AttackPlan],
         extra_meta: Mapping[str, Any] | None = None,
         *,
@@ -329,40 +224,38 @@ class Engine:
         load: bool = True,
     ) -> ModelJob:
         """Build the run keys (clean first, then each attack; duplicates merged); with ``register``, record
-        the runs in the store. ``load=False`` identifies the model without loading it where it can (a
-        weights file is identified by its hash; a random initialisation must be built to be hashed): the
-        job's ``model`` is then None and ``params_count`` 0 (not part of a run's identity)."""
+        the runs in the store. ``load=False`` identifies the model without keeping it loaded where it can (a
+        zoo weights file is identified by its hash; anything else must be built to be hashed): the job's
+        ``model`` is then None and ``params_count`` 0 (not part of a run's identity)."""
         from robustarch import zoo
 
         if len(data) == 0:
             raise RobustarchError(f"dataset {data.dataset} ({data.subset}) has no examples to evaluate")
-        spec = zoo.get_spec(model_source.name, data.dataset)
-        model = None
-        if load or not model_source.weights:
-            model = model_source.load(data.dataset, self.seed)
-        weights_hash = (
-            weights_file_hash(model_source.weights)
-            if model_source.weights
-            else "init-" + hash_state_dict(model)
-        )
+        # zoo networks build for a dataset of the table: data from elsewhere take the one of its family
+        model_dataset = data.budget_dataset
+        family, method = model_ref.family_method(model_dataset)
+        hashed_from_file = model_ref.kind == "zoo" and model_ref.weights is not None
+        model = model_ref.build(model_dataset, self.seed) if load or not hashed_from_file else None
+        if data.num_classes is None:
+            data.num_classes = _output_classes(model, data, model_dataset)
         params_count = zoo.count_parameters(model, exclude_auxiliary=True) if model is not None else 0
-        if not load:
-            model = None
         common = dict(
             dataset=data.dataset,
             dataset_label=data.label,
             subset=data.subset,
-            model=model_source.model_id,
-            model_family=spec.family,
-            method=spec.method,
+            model=model_ref.id,
+            model_family=family,
+            method=method,
             params_count=params_count,
-            weights_hash=weights_hash,
+            weights_hash=model_identity(model_ref, model),
             seed=self.seed,
             dtype=self.dtype,
             device=self.device.type,
             n_planned=len(data),
             chunk_size=self.batch_size,
         )
+        if not load:
+            model = None
         runs = [
             PlannedRun(
                 RunKey(attack=CLEAN, attack_params={}, profile="none", adv_metric="perturbed", **common),
@@ -385,48 +278,31 @@ class Engine:
             runs.append(PlannedRun(key, "", plan, may_skip(plan.attack, metric)))
         for r in runs:
             r.run_id = r.key.run_id
-        meta: dict[str, Any] = {}
-        if register:
-            meta = self._meta(data, model_source, extra_meta)
-            for r in runs:
-                run_meta = {
-                    **meta,
-                    "label": r.plan.label if r.plan else CLEAN,
-                    "skip_rule": r.skip,
-                    **(
-                        {"description": r.plan.attack.describe(), "traits": asdict(r.plan.attack.traits)}
-                        if r.plan
-                        else {}
-                    ),
-                    "emulate_normalized": bool(r.key.attack_params.get("emulate_normalized_inputs")),
-                }
-                self.store.begin_run(r.key, run_meta)
         if model is not None:
             model.to(self.device)
-        return ModelJob(data, model_source, model, runs, meta)
+        job = ModelJob(data, model_ref, model, runs, {})
+        if register:
+            self.register(job, extra_meta)
+        return job
 
-    def _meta(
-        self, data: DataSource, model_source: ModelSource, extra: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
+    def register(self, job: ModelJob, extra_meta: Mapping[str, Any] | None = None) -> None:
+        """Record the job's runs in the store with their provenance (an existing run keeps its meta)."""
+        job.meta = self._meta(job.data, job.model_ref, extra_meta)
+        for r in job.runs:
+            self.store.begin_run(r.key, {**job.meta, **_run_meta(r)})
+
+    def _meta(self, data: DataSource, model_ref: ModelRef, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         """Provenance recorded with every run (``docs/store.md``)."""
+        classes = data.classes_in(0, len(data))
         return {
-            "versions": library_versions(),
-            "code_revision": code_revision(),
-            "hostname": socket.gethostname(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_name": model_source.name,
-            "weights": str(model_source.weights) if model_source.weights else None,
-            "overrides": model_source.overrides,
-            "data": {"label": data.label, **data.info},
+            **run_provenance(self.device, self.world_size),
+            **model_ref.describe(),
+            "data": {
+                "label": data.label,
+                **data.info,
+                **({"classes_measured": classes, "num_classes": data.num_classes} if classes else {}),
+            },
             "batch_size": self.batch_size,
-            "torch_threads": torch.get_num_threads(),
-            "argv": sys.argv,
-            "device_name": (
-                torch.cuda.get_device_name(self.device)
-                if self.device.type == "cuda"
-                else platform.processor() or platform.machine()
-            ),
-            "world_size": self.world_size,
             "prepared_for_attack": self.prepare,
             **(extra or {}),
         }
@@ -439,8 +315,9 @@ class Engine:
     def work_units(self, job: ModelJob) -> int:
         """Examples x runs this process still has to compute for ``job`` (for progress bars)."""
         missing = job.missing(self.store)
+        sizes = [job.runs[0].key.chunk_bounds(c) for c in range(job.n_chunks)]
         return sum(
-            (job.runs[0].key.chunk_bounds(c)[1] - job.runs[0].key.chunk_bounds(c)[0])
+            sizes[c][1] - sizes[c][0]
             for r in job.runs
             for c in missing[r.run_id]
             if c % self.world_size == self.rank
@@ -452,27 +329,36 @@ class Engine:
         todo = self.my_chunks(job, missing)
         if not todo:
             return
-        model = self._prepared(job)
+        model = self.attack_model(job)
         for c in todo:
             start, stop = job.runs[0].key.chunk_bounds(c)
             self._chunk(job, model, c, start, stop, [r for r in job.runs if c in missing[r.run_id]])
 
-    def _prepared(self, job: ModelJob) -> nn.Module:
+    def attack_model(self, job: ModelJob) -> nn.Module:
         """The model to attack: with ``prepare``, ``robustarch.runtime.prepare_for_attack``'s faster copy
         (BatchNorm folded, channels_last, convolutions on tiny maps dense), checked on the job's first chunk,
-        the same batch in every process and every resume, so the choice it makes is the same everywhere."""
+        the same batch in every process and every resume, so the choice it makes is the same everywhere.
+        A model whose two forwards of that batch differ (a randomized model) is attacked as it is: the
+        ``deterministic_forward`` check flags it."""
         from robustarch import runtime
 
+        if job.model is None:
+            raise RobustarchError("the job was planned without loading its model (load=False)")
+        if job._prepared is not None:
+            return job._prepared
         # glibc otherwise mmaps and page-faults every large activation afresh until its dynamic threshold
         # adapts: measured ~10x on the first attack calls of a process on CPU
         runtime.tune_allocator()
-        if not self.prepare:
-            return job.model
-        start, stop = job.runs[0].key.chunk_bounds(0)
-        example, _ = job.data.batch(start, stop)
-        model, info = runtime.prepare_for_attack(job.model, example.to(self.device))
-        log.info("%s prepared for attack: %s", job.model_source.model_id, info)
-        return model
+        job._prepared = job.model
+        if self.prepare:
+            start, stop = job.runs[0].key.chunk_bounds(0)
+            example, _ = job.data.batch(start, stop)
+            try:
+                job._prepared, info = runtime.prepare_for_attack(job.model, example.to(self.device))
+                log.info("%s prepared for attack: %s", job.model_ref.id, info)
+            except RobustarchError as err:
+                log.warning("%s is attacked as it is, not prepared: %s", job.model_ref.id, err)
+        return job._prepared
 
     def _chunk(
         self, job: ModelJob, model: nn.Module, c: int, start: int, stop: int, runs: list[PlannedRun]
@@ -487,39 +373,31 @@ class Engine:
             )
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         ids = job.data.example_ids[start:stop]
-        with torch.no_grad(), _autocast(self.device, self.dtype):
+        with torch.no_grad(), autocast(self.device, self.dtype):
             logits = model(x)
-        if logits.shape[1] != job.data.num_classes:
+        if logits.dim() != 2 or logits.shape[1] != job.data.num_classes:
             raise RobustarchError(
-                f"model {job.model_source.name} outputs {logits.shape[1]} classes but "
-                f"{job.data.dataset} has {job.data.num_classes}"
+                f"model {job.model_ref.id} outputs shape {tuple(logits.shape)}, but {job.data.dataset} has "
+                f"{job.data.num_classes} classes: a model must return logits (N, {job.data.num_classes})"
             )
-        clean_pred, c1, c5 = _topk_hits(logits, y)
+        clean_pred, c1, c5 = topk_hits(logits, y)
         clean_s = time.perf_counter() - t0
         for r in runs:
             t1 = time.perf_counter()
+            if self.progress is not None:
+                self.progress.start_run(r.plan.label if r.plan else CLEAN)
             if r.is_clean:
-                outcomes = _outcomes(
-                    ids,
-                    y,
-                    clean_pred,
-                    c1,
-                    c5,
-                    clean_pred,
-                    c1,
-                    c5,
-                    torch.zeros(len(y)),
-                    torch.zeros(len(y)),
-                    torch.ones(len(y), dtype=torch.bool),
-                )
+                zeros, every = torch.zeros(len(y)), torch.ones(len(y), dtype=torch.bool)
+                outcomes = _outcomes(ids, y, clean_pred, c1, c5, clean_pred, c1, c5, zeros, zeros, every)
             else:
                 outcomes = self._attack_chunk(model, r, c, x, y, ids, clean_pred, c1, c5)
                 pause_point("mid-chunk")
             self.store.commit_chunk(
                 r.run_id, c, outcomes, seconds=time.perf_counter() - t1 + clean_s / len(runs)
             )
+            self.chunks_committed += 1
             if self.progress is not None:
-                self.progress(len(ids))
+                self.progress.advance(len(ids))
 
     def _attack_chunk(
         self,
@@ -544,13 +422,13 @@ class Engine:
         if len(sel):
             xs, ys = (x, y) if len(sel) == n else (x[sel], y[sel])
             gen = torch.Generator().manual_seed(chunk_seed(r.run_id, c))
-            with _autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype):
                 adv = r.plan.attack(model, xs, ys, generator=gen)
             adv = adv.float()
             delta = (adv - xs).flatten(1)
-            with torch.no_grad(), _autocast(self.device, self.dtype):
+            with torch.no_grad(), autocast(self.device, self.dtype):
                 logits_adv = model(adv)
-            p, h1, h5 = _topk_hits(logits_adv, ys)
+            p, h1, h5 = topk_hits(logits_adv, ys)
             adv_pred[sel], a1[sel], a5[sel] = p, h1, h5
             linf[sel], l2[sel] = delta.abs().amax(1).float(), delta.norm(dim=1).float()
         if r.key.adv_metric == "robust":
@@ -561,6 +439,35 @@ class Engine:
     def finish(self, job: ModelJob) -> list[str]:
         """Mark the job's complete runs complete; returns the ids of runs still incomplete."""
         return [r.run_id for r in job.runs if not self.store.finish_run(r.run_id)]
+
+
+def _output_classes(model: nn.Module | None, data: DataSource, model_dataset: str) -> int:
+    """The class count of data given without one: the model's logits decide (at least every label + 1)."""
+    from robustarch import zoo
+
+    if model is None:
+        n = zoo.dataset_shape(model_dataset).num_classes
+    else:
+        with torch.no_grad():
+            n = int(model(data.batch(0, 1)[0]).shape[-1])
+    seen = int(data.labels.max()) + 1 if data.labels is not None and len(data.labels) else 0
+    if n < seen:
+        raise RobustarchError(f"the model outputs {n} classes but {data.dataset} has a label {seen - 1}")
+    return n
+
+
+def _run_meta(r: PlannedRun) -> dict[str, Any]:
+    """What a run's meta records beyond the job's: its label, the skip rule, the attack's description and
+    traits."""
+    if r.plan is None:
+        return {"label": CLEAN, "skip_rule": False, "emulate_normalized": False}
+    return {
+        "label": r.plan.label,
+        "skip_rule": r.skip,
+        "emulate_normalized": bool(r.key.attack_params.get("emulate_normalized_inputs")),
+        "description": r.plan.attack.describe(),
+        "traits": asdict(r.plan.attack.traits),
+    }
 
 
 def _outcomes(

@@ -1,5 +1,6 @@
-"""Study files: a TOML grid of datasets x models x attacks, validated in full before any work starts, run
-into the results store chunk by chunk (only what is missing), resumable and shardable (``docs/study.md``).
+"""Study files: a TOML grid of datasets x models x attacks, validated in full before any work starts and
+turned into :class:`~robustarch.evaluation.spec.EvaluationSpec` s, run into the results store chunk by chunk
+(only what is missing), resumable and shardable (``docs/study.md``).
 
 The format (every key is checked; unknown keys, datasets, models, attacks and missing paths are errors)::
 
@@ -29,13 +30,16 @@ The format (every key is checked; unknown keys, datasets, models, attacks and mi
     attacks = ["preset:paper", "pgd-strong"]   # optional: replaces [study].attacks for this dataset
     models = [
       { name = "resnet18", weights = "{weights}/cifar10/resnet18.pt" },
-      { name = "darts", overrides = { C = 16, layers = 8 } },     # no weights: seeded random init
+      { name = "darts", overrides = { C = 16, layers = 8 }, random_init = true },   # on purpose
+      { factory = "mypkg.nets:wide_resnet", kwargs = { depth = 28 }, weights = "{weights}/wrn.pt",
+        mean = [0.49, 0.48, 0.45], std = [0.25, 0.24, 0.26] },      # any model (one line in TOML)
     ]
 
-A model table may also give ``id`` (how results name it; default: the zoo name) and ``allow_pickle``;
-e.g. the authors' DenseNAS-R3 folder is ``{ name = "densenas", id = "densenas_r3", weights =
-"{weights}/R3/weights.pt", overrides = { net_config = "{weights}/R3" } }`` (TOML inline tables stay on
-one line).
+A zoo model table takes ``name``, ``id`` (how results name it; default: the zoo name), ``weights``,
+``overrides``, ``random_init`` and ``allow_pickle``; a factory table takes ``factory``, ``kwargs``,
+``weights``, ``mean``, ``std``, ``id`` and ``allow_pickle``. E.g. the authors' DenseNAS-R3 folder is
+``{ name = "densenas", id = "densenas_r3", weights = "{weights}/R3/weights.pt", overrides = { net_config =
+"{weights}/R3" } }`` (TOML inline tables stay on one line).
 """
 
 from __future__ import annotations
@@ -53,15 +57,12 @@ from typing import Any
 import tomllib
 
 from robustarch.errors import RobustarchError, close_names
-from robustarch.evaluation.engine import (
+from robustarch.evaluation.spec import (
     DTYPES,
-    AttackPlan,
-    DataSource,
-    Engine,
-    ModelJob,
-    ModelSource,
-    load_data,
-    resolve_device,
+    DataRef,
+    EvaluationSpec,
+    ModelRef,
+    resolve_attacks,
 )
 from robustarch.store import DEFAULT_STORE, Store
 
@@ -81,7 +82,8 @@ DATASET_KEYS = {
     "allow_partial",
     "verify",
 }
-MODEL_KEYS = {"name", "id", "weights", "overrides", "allow_pickle"}
+ZOO_MODEL_KEYS = {"name", "id", "weights", "overrides", "allow_pickle", "random_init"}
+FACTORY_MODEL_KEYS = {"factory", "id", "weights", "kwargs", "mean", "std", "allow_pickle"}
 ATTACK_KEYS = {"attack", "profile"}  # plus the attack's own parameters
 TOP_KEYS = {"study", "paths", "attacks", "datasets"}
 PRESET_STUDIES = ("paper",)
@@ -93,32 +95,12 @@ class StudyError(RobustarchError):
 
 
 @dataclass
-class StudyModel:
-    id: str  # how results name it (the zoo name unless given, e.g. densenas_large)
-    name: str  # zoo entry
-    weights: str | None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    allow_pickle: bool = False
-
-    def source(self) -> ModelSource:
-        return ModelSource(self.name, self.weights, dict(self.overrides), self.allow_pickle, self.id)
-
-
-@dataclass
 class StudyDataset:
     name: str
-    root: str
-    split: str
-    limit: int | None
-    subset: str | None
-    attacks: list[str]
-    models: list[StudyModel]
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def load(self) -> DataSource:
-        return load_data(
-            self.name, self.root, split=self.split, limit=self.limit, subset=self.subset, **self.options
-        )
+    data: DataRef
+    attacks: list[str]  # the entries as written
+    plans: tuple[Any, ...]  # AttackPlan: the attacks, built once
+    models: list[ModelRef]
 
 
 @dataclass
@@ -133,10 +115,30 @@ class Study:
     checks: bool
     recheck: int
     datasets: list[StudyDataset]
-    attack_defs: dict[str, dict[str, Any]]
+    attack_defs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def attack_plans(self, ds: StudyDataset) -> list[AttackPlan]:
-        return resolve_attacks(ds.attacks, ds.name, self.attack_defs)
+    def attack_plans(self, ds: StudyDataset) -> list[Any]:
+        return list(ds.plans)
+
+    def specs(self) -> list[EvaluationSpec]:
+        """One evaluation spec per (dataset, model), in file order."""
+        return [
+            EvaluationSpec(
+                model=m,
+                data=ds.data,
+                attacks=ds.plans,
+                batch_size=self.batch_size,
+                device=self.device,
+                dtype=self.dtype,
+                seed=self.seed,
+                checks=self.checks,
+                recheck=self.recheck,
+                store=self.store,
+                meta={"study": self.name},
+            )
+            for ds in self.datasets
+            for m in ds.models
+        ]
 
     def select(self, datasets: Sequence[str] | None = None, models: Sequence[str] | None = None) -> Study:
         """The study restricted to some datasets / model ids (unknown names are errors)."""
@@ -172,75 +174,69 @@ def preset_study_path(name: str) -> Path:
     return Path(str(resources.files("robustarch").joinpath("configs", "studies", f"{name}.toml")))
 
 
-def resolve_attacks(
-    entries: Sequence[str], dataset: str, defs: dict[str, dict[str, Any]]
-) -> list[AttackPlan]:
-    """Attack list entries -> configured attacks: ``preset:NAME``, a key of ``[attacks]`` or an attack id."""
-    from robustarch import attacks as ra
+# -- reading ------------------------------------------------------------------------------------------------
+class _Reader:
+    """Collects every problem of a study file (reported together) and expands path placeholders."""
 
-    plans: list[AttackPlan] = []
-    for entry in entries:
-        if entry.startswith("preset:"):
-            for label, attack in ra.preset(entry.removeprefix("preset:"), dataset).items():
-                plans.append(AttackPlan(label, attack))
-        elif entry in defs:
-            d = dict(defs[entry])
-            name, profile = d.pop("attack", entry), d.pop("profile", "standard")
-            plans.append(AttackPlan(entry, ra.create(name, profile, **d)))
-        elif entry in ra.list_attacks():
-            plans.append(AttackPlan(entry, ra.create(entry)))
-        else:
-            known = [*ra.list_attacks(), *defs, *(f"preset:{p}" for p in ra.PRESETS)]
-            raise RobustarchError(_unknown("attack", entry, known))
-    if not plans:
-        raise RobustarchError(
-            f"no attacks for dataset {dataset!r} (give [study].attacks or the dataset's attacks)"
-        )
-    return plans
-
-
-# -- loading and validation -------------------------------------------------------------------------------
-class _Problems:
-    def __init__(self, source: str):
-        self.source, self.items = source, []
+    def __init__(self, source: str, base: Path, check_files: bool):
+        self.source, self.base, self.check_files = source, base, check_files
+        self.problems: list[str] = []
+        self.placeholders: dict[str, str] = {}
 
     def add(self, where: str, msg: str) -> None:
-        self.items.append(f"{where}: {msg}")
+        self.problems.append(f"{where}: {msg}")
 
     def check_keys(self, where: str, table: dict[str, Any], allowed: set[str]) -> None:
         for key in table:
             if key not in allowed:
                 self.add(where, _unknown("key", key, sorted(allowed)))
 
-    def raise_if_any(self) -> None:
-        if self.items:
-            lines = "\n  - ".join(self.items)
-            raise StudyError(f"study file {self.source} has {len(self.items)} problem(s):\n  - {lines}")
-
-
-def _typed(
-    problems: _Problems,
-    where: str,
-    table: dict[str, Any],
-    key: str,
-    kind: type | tuple[type, ...],
-    default: Any,
-) -> Any:
-    value = table.get(key, default)
-    if value is default:
+    def typed(
+        self, where: str, table: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any
+    ) -> Any:
+        """``table[key]`` if of type ``kind`` (a bool is no int here), else a problem and ``default``."""
+        value = table.get(key, default)
+        if value is default:
+            return value
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            self.add(where, f"{key} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+            return default
         return value
-    if (
-        isinstance(value, bool)
-        and kind is not bool
-        and bool not in (kind if isinstance(kind, tuple) else (kind,))
-    ):
-        problems.add(where, f"{key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
-        return default
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        problems.add(where, f"{key} must be {names}, got {value!r}")
-        return default
-    return value
+
+    def expand(self, where: str, value: str) -> str:
+        """``{name}`` placeholders substituted; a relative path resolved against the study file's folder."""
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in self.placeholders:
+                self.add(where, _unknown("placeholder", "{" + m.group(1) + "}", list(self.placeholders)))
+                return m.group(0)
+            return self.placeholders[m.group(1)]
+
+        out = _PLACEHOLDER.sub(sub, value)
+        return str((self.base / Path(out).expanduser()).resolve()) if out else out
+
+    def must_exist(self, where: str, path: str, what: str) -> None:
+        if self.check_files and not Path(path).exists():
+            self.add(where, f"{what} {path} does not exist")
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            lines = "\n  - ".join(self.problems)
+            raise StudyError(f"study file {self.source} has {len(self.problems)} problem(s):\n  - {lines}")
+
+
+def _read_toml(source: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], bool]:
+    path = Path(source)
+    preset = not path.exists() and str(source) in PRESET_STUDIES
+    if preset:
+        path = preset_study_path(str(source))
+    if not path.is_file():
+        raise StudyError(f"study file {source} does not exist (preset studies: {', '.join(PRESET_STUDIES)})")
+    try:
+        return path, tomllib.loads(path.read_text()), preset
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise StudyError(f"study file {path} is not valid TOML: {err}") from err
 
 
 def load_study(
@@ -248,210 +244,274 @@ def load_study(
 ) -> Study:
     """Read and validate a study file (or a preset study name such as ``paper``). Every problem is collected
     and reported together; nothing is run. ``paths`` overrides ``[paths]`` entries (``--path NAME=DIR``)."""
+    path, raw, preset = _read_toml(source)
+    # a packaged preset's relative paths (store, [paths]) mean the current folder, not the package's
+    reader = _Reader(str(path), Path.cwd() if preset else path.resolve().parent, check_files)
+    reader.check_keys("top level", raw, TOP_KEYS)
+    head = _table(reader, raw, "study", "[study]")
+    reader.check_keys("[study]", head, STUDY_KEYS)
+    _read_paths(reader, raw, paths or {})
+    settings = _read_settings(reader, head, path.stem)
+    defs = _read_attack_defs(reader, raw)
+    default_attacks = reader.typed("[study]", head, "attacks", list, [])
+    datasets = _read_datasets(reader, raw, defs, default_attacks)
+    reader.raise_if_any()
+    return Study(path, datasets=datasets, attack_defs=defs, **settings)
+
+
+def _table(reader: _Reader, raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        reader.add(where, "must be a table")
+        return {}
+    return value
+
+
+def _read_paths(reader: _Reader, raw: dict[str, Any], given: dict[str, str]) -> None:
+    table = raw.get("paths", {})
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        reader.add("[paths]", 'must be a table of NAME = "folder" strings')
+        table = {}
+    reader.placeholders = {k: str((reader.base / Path(v).expanduser()).resolve()) for k, v in table.items()}
+    for k, v in given.items():
+        if k not in reader.placeholders:
+            reader.add("--path", _unknown("path name", k, list(reader.placeholders)))
+        reader.placeholders[k] = str(Path(v).expanduser().resolve())
+
+
+def _read_settings(reader: _Reader, head: dict[str, Any], default_name: str) -> dict[str, Any]:
+    from robustarch.evaluation.engine import resolve_device
+
+    w = "[study]"
+    out = {
+        "name": reader.typed(w, head, "name", str, default_name),
+        "store": str((reader.base / Path(reader.typed(w, head, "store", str, DEFAULT_STORE))).resolve()),
+        "device": reader.typed(w, head, "device", str, "auto"),
+        "batch_size": reader.typed(w, head, "batch_size", int, 128),
+        "seed": reader.typed(w, head, "seed", int, 0),
+        "recheck": reader.typed(w, head, "recheck", int, 64),
+        "dtype": reader.typed(w, head, "dtype", str, "float32"),
+        "checks": reader.typed(w, head, "checks", bool, True),
+    }
+    try:
+        resolve_device(out["device"])
+    except RobustarchError as err:
+        reader.add("[study] device", str(err))
+    if out["batch_size"] < 1:
+        reader.add(w, f"batch_size must be >= 1, got {out['batch_size']}")
+        out["batch_size"] = 128
+    if out["dtype"] not in DTYPES:
+        reader.add(w, _unknown("dtype", out["dtype"], DTYPES))
+        out["dtype"] = "float32"
+    return out
+
+
+def _read_attack_defs(reader: _Reader, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[attacks.NAME]`` tables, each checked by building its attack."""
     from robustarch import attacks as ra
+
+    defs: dict[str, dict[str, Any]] = {}
+    table = raw.get("attacks", {})
+    if not isinstance(table, dict):
+        reader.add("[attacks]", "must be a table of named attacks ([attacks.NAME])")
+        return defs
+    for key, d in table.items():
+        where = f"[attacks.{key}]"
+        if not isinstance(d, dict):
+            reader.add(where, "must be a table")
+            continue
+        d = {"attack": key, **d}
+        try:
+            params = {k: v for k, v in d.items() if k not in ATTACK_KEYS}
+            ra.create(d["attack"], d.get("profile", "standard"), **params)
+        except RobustarchError as err:
+            reader.add(where, str(err))
+            continue
+        defs[key] = d
+    return defs
+
+
+def _read_datasets(
+    reader: _Reader, raw: dict[str, Any], defs: dict[str, dict[str, Any]], default_attacks: list[Any]
+) -> list[StudyDataset]:
+    tables = raw.get("datasets", [])
+    if not isinstance(tables, list) or not tables:
+        reader.add("[[datasets]]", "the study names no datasets (add [[datasets]] tables)")
+        return []
+    out: list[StudyDataset] = []
+    seen: set[tuple[str, str]] = set()
+    for i, d in enumerate(tables):
+        ds = _read_dataset(reader, f"[[datasets]] #{i + 1}", d, defs, default_attacks)
+        if ds is None:
+            continue
+        if (ds.name, ds.data.split) in seen:
+            reader.add(
+                f"[[datasets]] {ds.name}",
+                f"dataset {ds.name} ({ds.data.split}) appears twice; merge its models into one table",
+            )
+        seen.add((ds.name, ds.data.split))
+        out.append(ds)
+    return out
+
+
+def _read_dataset(
+    reader: _Reader, where: str, d: Any, defs: dict[str, dict[str, Any]], default_attacks: list[Any]
+) -> StudyDataset | None:
     from robustarch import data as rdata
+
+    if not isinstance(d, dict):
+        reader.add(where, "must be a table")
+        return None
+    reader.check_keys(where, d, DATASET_KEYS)
+    name = reader.typed(where, d, "name", str, None)
+    if name is None:
+        reader.add(where, 'needs name = "<dataset id>"')
+        return None
+    where = f"[[datasets]] {name}"
+    if name not in rdata.list_datasets():
+        reader.add(where, _unknown("dataset", name, rdata.list_datasets()))
+        return None
+    root = reader.typed(where, d, "root", str, None)
+    if root is None:
+        reader.add(where, 'needs root = "<folder with the data>"')
+        return None
+    root = reader.expand(where + " root", root)
+    reader.must_exist(where, root, "data root")
+    data = DataRef(
+        name,
+        root,
+        reader.typed(where, d, "split", str, "test"),
+        _read_limit(reader, where, d),
+        _read_subset(reader, where, d),
+        tuple(sorted(_read_loader_options(reader, where, d).items())),
+    )
+    entries = [str(a) for a in reader.typed(where, d, "attacks", list, default_attacks)]
+    plans: tuple[Any, ...] = ()
+    try:
+        plans = tuple(resolve_attacks(entries, name, defs))
+    except RobustarchError as err:
+        reader.add(where + " attacks", str(err))
+    models = _read_models(reader, where, d, name)
+    return StudyDataset(name, data, entries, plans, models)
+
+
+def _read_limit(reader: _Reader, where: str, d: dict[str, Any]) -> int | None:
+    limit = reader.typed(where, d, "limit", int, None)
+    if limit is not None and limit < 1:
+        reader.add(where, f"limit must be >= 1, got {limit}")
+        return None
+    return limit
+
+
+def _read_subset(reader: _Reader, where: str, d: dict[str, Any]) -> str | None:
+    subset = reader.typed(where, d, "subset", str, None)
+    if subset is not None and subset.startswith("ids:"):
+        subset = "ids:" + reader.expand(where + " subset", subset.removeprefix("ids:"))
+    return subset
+
+
+def _read_loader_options(reader: _Reader, where: str, d: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    cache = d.get("cache")
+    if isinstance(cache, bool):
+        options["cache"] = cache
+    elif isinstance(cache, str):
+        options["cache"] = reader.expand(where + " cache", cache)
+    elif cache is not None:
+        reader.add(where, f"cache must be true/false or a folder, got {cache!r}")
+    if "ground_truth" in d:
+        options["ground_truth"] = reader.expand(where + " ground_truth", str(d["ground_truth"]))
+    for flag in ("allow_partial", "verify"):  # a partial copy; skip the official checksums
+        if flag in d:
+            options[flag] = reader.typed(where, d, flag, bool, flag == "verify")
+    return options
+
+
+def _read_models(reader: _Reader, where: str, d: dict[str, Any], dataset: str) -> list[ModelRef]:
+    tables = reader.typed(where, d, "models", list, [])
+    if not tables:
+        reader.add(where, 'names no models (models = [{ name = "resnet18", weights = "..." }, ...])')
+    out: list[ModelRef] = []
+    seen: set[str] = set()
+    for j, m in enumerate(tables):
+        table = {"name": m} if isinstance(m, str) else m
+        name = (table.get("name") or table.get("factory")) if isinstance(table, dict) else None
+        ref = _read_model(reader, f"{where} model {name or f'#{j + 1}'}", table, dataset)
+        if ref is None:
+            continue
+        if ref.id in seen:
+            reader.add(
+                f"{where} model {ref.id}",
+                f'model id {ref.id!r} appears twice for {dataset}; give one of them id = "..."',
+            )
+        seen.add(ref.id)
+        out.append(ref)
+    return out
+
+
+def _read_model(reader: _Reader, where: str, m: Any, dataset: str) -> ModelRef | None:
+    if not isinstance(m, dict) or not ({"name", "factory"} & set(m)):
+        reader.add(
+            where, 'must be a model name or a table with name = "<zoo model>" or factory = "pkg.mod:fn"'
+        )
+        return None
+    if "name" in m and "factory" in m:
+        reader.add(where, "give either name (a zoo model) or factory (any model), not both")
+        return None
+    build: Callable[..., ModelRef | None] = _read_zoo_model if "name" in m else _read_factory_model
+    try:
+        ref = build(reader, where, m, dataset)
+    except RobustarchError as err:
+        reader.add(where, str(err))
+        return None
+    try:  # a model with a problem still takes its id, so a repeated id is found too
+        ref.validate(dataset, check_files=reader.check_files)  # type: ignore[union-attr]
+    except RobustarchError as err:
+        reader.add(where, str(err))
+    return ref
+
+
+def _read_zoo_model(reader: _Reader, where: str, m: dict[str, Any], dataset: str) -> ModelRef | None:
     from robustarch import zoo
 
-    path = Path(source)
-    preset = not path.exists() and str(source) in PRESET_STUDIES
-    if preset:
-        path = preset_study_path(str(source))
-    if not path.is_file():
-        hint = f" (preset studies: {', '.join(PRESET_STUDIES)})"
-        raise StudyError(f"study file {source} does not exist{hint}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise StudyError(f"study file {path} is not valid TOML: {err}") from err
-    # a packaged preset's relative paths (store, [paths]) mean the current folder, not the package's
-    base = Path.cwd() if preset else path.resolve().parent
-    problems = _Problems(str(path))
-    problems.check_keys("top level", raw, TOP_KEYS)
-    head = raw.get("study", {})
-    if not isinstance(head, dict):
-        problems.add("[study]", "must be a table")
-        head = {}
-    problems.check_keys("[study]", head, STUDY_KEYS)
+    name = str(m["name"])
+    reader.check_keys(where, m, ZOO_MODEL_KEYS)
+    zoo.get_spec(name, dataset)  # an unknown name is this model's one problem
+    overrides = {
+        k: reader.expand(f"{where} overrides.{k}", v) if k == "net_config" and isinstance(v, str) else v
+        for k, v in reader.typed(where, m, "overrides", dict, {}).items()
+    }
+    if isinstance(overrides.get("net_config"), str) and not overrides["net_config"].startswith("["):
+        reader.must_exist(where, overrides["net_config"], "net_config")
+    return ModelRef.zoo(
+        name,
+        weights=_read_weights(reader, where, m),
+        overrides=overrides,
+        id=reader.typed(where, m, "id", str, None),
+        allow_pickle=reader.typed(where, m, "allow_pickle", bool, False),
+        random_init=reader.typed(where, m, "random_init", bool, False),
+    )
 
-    path_table = raw.get("paths", {})
-    if not isinstance(path_table, dict) or not all(isinstance(v, str) for v in path_table.values()):
-        problems.add("[paths]", 'must be a table of NAME = "folder" strings')
-        path_table = {}
-    placeholders = {k: str((base / Path(v).expanduser()).resolve()) for k, v in path_table.items()}
-    for k, v in (paths or {}).items():
-        if k not in placeholders:
-            problems.add("--path", _unknown("path name", k, list(placeholders)))
-        placeholders[k] = str(Path(v).expanduser().resolve())
 
-    def expand(where: str, value: str) -> str:
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in placeholders:
-                problems.add(where, _unknown("placeholder", "{" + m.group(1) + "}", list(placeholders)))
-                return m.group(0)
-            return placeholders[m.group(1)]
+def _read_factory_model(reader: _Reader, where: str, m: dict[str, Any], dataset: str) -> ModelRef | None:
+    target = str(m["factory"])
+    reader.check_keys(where, m, FACTORY_MODEL_KEYS)
+    stats = {k: reader.typed(where, m, k, list, None) for k in ("mean", "std")}
+    return ModelRef.factory(
+        target,
+        kwargs=reader.typed(where, m, "kwargs", dict, {}),
+        weights=_read_weights(reader, where, m),
+        id=reader.typed(where, m, "id", str, None),
+        allow_pickle=reader.typed(where, m, "allow_pickle", bool, False),
+        **stats,
+    )
 
-        out = _PLACEHOLDER.sub(sub, value)
-        return (
-            str((base / Path(out).expanduser()).resolve())
-            if out and not out.lstrip().startswith("[")
-            else out
-        )
 
-    name = _typed(problems, "[study]", head, "name", str, path.stem)
-    store = _typed(problems, "[study]", head, "store", str, DEFAULT_STORE)
-    store = str((base / Path(store).expanduser()).resolve())
-    device = _typed(problems, "[study]", head, "device", str, "auto")
-    try:
-        resolve_device(device)
-    except RobustarchError as err:
-        problems.add("[study] device", str(err))
-    batch_size = _typed(problems, "[study]", head, "batch_size", int, 128)
-    if batch_size < 1:
-        problems.add("[study]", f"batch_size must be >= 1, got {batch_size}")
-    seed = _typed(problems, "[study]", head, "seed", int, 0)
-    recheck = _typed(problems, "[study]", head, "recheck", int, 64)
-    dtype = _typed(problems, "[study]", head, "dtype", str, "float32")
-    if dtype not in DTYPES:
-        problems.add("[study]", _unknown("dtype", dtype, DTYPES))
-    checks = _typed(problems, "[study]", head, "checks", bool, True)
-    default_attacks = _typed(problems, "[study]", head, "attacks", list, [])
-
-    attack_defs: dict[str, dict[str, Any]] = {}
-    defs_raw = raw.get("attacks", {})
-    if not isinstance(defs_raw, dict):
-        problems.add("[attacks]", "must be a table of named attacks ([attacks.NAME])")
-        defs_raw = {}
-    for key, d in defs_raw.items():
-        if not isinstance(d, dict):
-            problems.add(f"[attacks.{key}]", "must be a table")
-            continue
-        d = dict(d)
-        d.setdefault("attack", key)
-        if d["attack"] not in ra.list_attacks():
-            problems.add(f"[attacks.{key}]", _unknown("attack", str(d["attack"]), ra.list_attacks()))
-            continue
-        try:  # parameters and profile are checked by building the attack
-            ra.create(
-                d["attack"],
-                d.get("profile", "standard"),
-                **{k: v for k, v in d.items() if k not in ATTACK_KEYS},
-            )
-        except RobustarchError as err:
-            problems.add(f"[attacks.{key}]", str(err))
-            continue
-        attack_defs[key] = d
-
-    datasets: list[StudyDataset] = []
-    ds_raw = raw.get("datasets", [])
-    if not isinstance(ds_raw, list) or not ds_raw:
-        problems.add("[[datasets]]", "the study names no datasets (add [[datasets]] tables)")
-        ds_raw = []
-    seen_ds: set[tuple[str, str]] = set()
-    for i, d in enumerate(ds_raw):
-        where = f"[[datasets]] #{i + 1}"
-        if not isinstance(d, dict):
-            problems.add(where, "must be a table")
-            continue
-        problems.check_keys(where, d, DATASET_KEYS)
-        ds_name = _typed(problems, where, d, "name", str, None)
-        if ds_name is None:
-            problems.add(where, 'needs name = "<dataset id>"')
-            continue
-        where = f"[[datasets]] {ds_name}"
-        if ds_name not in rdata.list_datasets():
-            problems.add(where, _unknown("dataset", ds_name, rdata.list_datasets()))
-            continue
-        root = _typed(problems, where, d, "root", str, None)
-        if root is None:
-            problems.add(where, 'needs root = "<folder with the data>"')
-            continue
-        root = expand(where + " root", root)
-        if check_files and not Path(root).exists():
-            problems.add(where, f"data root {root} does not exist")
-        split = _typed(problems, where, d, "split", str, "test")
-        limit = _typed(problems, where, d, "limit", int, None)
-        if limit is not None and limit < 1:
-            problems.add(where, f"limit must be >= 1, got {limit}")
-        subset = _typed(problems, where, d, "subset", str, None)
-        if subset is not None and subset.startswith("ids:"):
-            subset = "ids:" + expand(where + " subset", subset.removeprefix("ids:"))
-        if (ds_name, split) in seen_ds:
-            problems.add(where, f"dataset {ds_name} ({split}) appears twice; merge its models into one table")
-        seen_ds.add((ds_name, split))
-        options: dict[str, Any] = {}
-        cache = d.get("cache")
-        if cache is not None:
-            if isinstance(cache, bool):
-                options["cache"] = cache
-            elif isinstance(cache, str):
-                options["cache"] = expand(where + " cache", cache)
-            else:
-                problems.add(where, f"cache must be true/false or a folder, got {cache!r}")
-        if "ground_truth" in d:
-            options["ground_truth"] = expand(where + " ground_truth", str(d["ground_truth"]))
-        for flag in ("allow_partial", "verify"):  # a partial copy; skip the official checksums
-            if flag in d:
-                options[flag] = _typed(problems, where, d, flag, bool, flag == "verify")
-        attack_entries = _typed(problems, where, d, "attacks", list, default_attacks)
-        try:
-            resolve_attacks([str(a) for a in attack_entries], ds_name, attack_defs)
-        except RobustarchError as err:
-            problems.add(where + " attacks", str(err))
-        models: list[StudyModel] = []
-        seen_ids: set[str] = set()
-        models_raw = _typed(problems, where, d, "models", list, [])
-        if not models_raw:
-            problems.add(where, 'names no models (models = [{ name = "resnet18", weights = "..." }, ...])')
-        for j, m in enumerate(models_raw):
-            mwhere = f"{where} model #{j + 1}"
-            if isinstance(m, str):
-                m = {"name": m}
-            if not isinstance(m, dict) or "name" not in m:
-                problems.add(mwhere, 'must be a model name or a table with name = "<zoo model>"')
-                continue
-            problems.check_keys(mwhere, m, MODEL_KEYS)
-            mname = str(m["name"])
-            mwhere = f"{where} model {mname}"
-            try:
-                zoo.get_spec(mname, ds_name)
-            except RobustarchError as err:
-                problems.add(mwhere, str(err))
-                continue
-            overrides = _typed(problems, mwhere, m, "overrides", dict, {})
-            overrides = {
-                k: expand(f"{mwhere} overrides.{k}", v) if isinstance(v, str) and k == "net_config" else v
-                for k, v in overrides.items()
-            }
-            try:
-                zoo.build_kwargs(mname, ds_name, **overrides)
-            except RobustarchError as err:
-                problems.add(mwhere, str(err))
-            net_config = str(overrides.get("net_config", "["))
-            if check_files and not net_config.startswith("[") and not Path(net_config).exists():
-                problems.add(mwhere, f"net_config {overrides['net_config']} does not exist")
-            weights = _typed(problems, mwhere, m, "weights", str, None)
-            if weights is not None:
-                weights = expand(mwhere + " weights", weights)
-                if check_files and not Path(weights).is_file():
-                    problems.add(mwhere, f"weights file {weights} does not exist")
-            mid = _typed(problems, mwhere, m, "id", str, mname)
-            if mid in seen_ids:
-                problems.add(
-                    mwhere, f'model id {mid!r} appears twice for {ds_name}; give one of them id = "..."'
-                )
-            seen_ids.add(mid)
-            models.append(
-                StudyModel(
-                    mid, mname, weights, overrides, _typed(problems, mwhere, m, "allow_pickle", bool, False)
-                )
-            )
-        datasets.append(
-            StudyDataset(
-                ds_name, root, split, limit, subset, [str(a) for a in attack_entries], models, options
-            )
-        )
-    problems.raise_if_any()
-    return Study(path, name, store, device, batch_size, seed, dtype, checks, recheck, datasets, attack_defs)
+def _read_weights(reader: _Reader, where: str, m: dict[str, Any]) -> str | None:
+    weights = reader.typed(where, m, "weights", str, None)
+    if weights is None:
+        return None
+    return reader.expand(where + " weights", weights)  # ModelRef.validate checks that it exists
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -466,53 +526,28 @@ class JobStatus:
     complete: bool
 
 
-def _engine(
-    study: Study,
-    store: Store,
-    rank: int = 0,
-    world: int = 1,
-    device: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> Engine:
-    return Engine(
-        store,
-        device=device or study.device,
-        batch_size=study.batch_size,
-        seed=study.seed,
-        dtype=study.dtype,
-        recheck=study.recheck,
-        rank=rank,
-        world_size=world,
-        progress=progress,
-    )
-
-
 def study_status(study: Study, store_path: str | None = None) -> list[JobStatus]:
     """What is done: per (dataset, model, attack) the committed chunks of its run. Loads data listings and
-    models (to identify their weights) but computes nothing."""
+    identifies models (a zoo weights file by its hash; other models must be built) but computes nothing."""
+    from robustarch.evaluation.engine import Engine
+
     path = Path(store_path or study.store)
     store = Store(path if path.exists() else ":memory:")  # status creates no store file
-    engine = _engine(study, store)  # the device type the run would use: it is part of the run ids
+    engine = Engine(
+        store, device=study.device, batch_size=study.batch_size, seed=study.seed, dtype=study.dtype
+    )
     rows = []
-    for ds in study.datasets:
-        data = ds.load()
-        for m in ds.models:
-            job = engine.plan(data, m.source(), study.attack_plans(ds), register=False, load=False)
-            for r in job.runs:
-                done = len(store.committed_chunks(r.run_id))
-                complete = bool(store.results(run_id=r.run_id, complete=True))
-                rows.append(
-                    JobStatus(
-                        ds.name,
-                        m.id,
-                        r.plan.label if r.plan else "clean",
-                        r.run_id,
-                        done,
-                        r.key.n_chunks,
-                        complete,
-                    )
-                )
-            del job
+    loaded: dict[DataRef, Any] = {}
+    for spec in study.specs():
+        data = loaded.setdefault(spec.data, spec.data.load())
+        job = engine.plan(data, spec.model, spec.attacks, register=False, load=False)
+        for r in job.runs:
+            done = len(store.committed_chunks(r.run_id))
+            complete = bool(store.results(run_id=r.run_id, complete=True))
+            label = r.plan.label if r.plan else "clean"
+            rows.append(
+                JobStatus(data.dataset, spec.model.id, label, r.run_id, done, r.key.n_chunks, complete)
+            )
     store.close()
     return rows
 
@@ -520,66 +555,6 @@ def study_status(study: Study, store_path: str | None = None) -> list[JobStatus]
 def run_study(study: Study, store_path: str | None = None, *, progress: bool = True) -> list[str]:
     """Run everything the store lacks; returns the run ids of the study. Under ``torchrun`` (WORLD_SIZE > 1)
     each rank computes the chunks ``c % world_size == rank`` and rank 0 finishes runs and runs the checks."""
-    from robustarch.evaluation import distributed
-    from robustarch.evaluation.checks import model_checks, store_checks
+    from robustarch.evaluation.runner import run_specs
 
-    ctx = distributed.init(study.device)
-    store = Store(store_path or study.store)
-    bar = _progress_bar(progress and ctx.rank == 0)
-    engine = _engine(study, store, ctx.rank, ctx.world_size, str(ctx.device), bar.update if bar else None)
-    run_ids: list[str] = []
-    try:
-        loaded: list[tuple[StudyDataset, DataSource]] = [(ds, ds.load()) for ds in study.datasets]
-        if bar is not None:
-            # the whole study's remaining work up front, so the ETA covers it (a weights file is hashed,
-            # not loaded; a random initialisation is built to be identified)
-            bar.total = sum(
-                engine.work_units(engine.plan(data, m.source(), plans, register=False, load=False))
-                for ds, data in loaded
-                for plans in [study.attack_plans(ds)]
-                for m in ds.models
-            )
-            bar.refresh()
-        for ds, data in loaded:
-            plans = study.attack_plans(ds)
-            for m in ds.models:
-                job: ModelJob = engine.plan(data, m.source(), plans, extra_meta={"study": study.name})
-                run_ids += [r.run_id for r in job.runs]
-                if bar is not None:
-                    bar.set_description(f"{ds.name}/{m.id}")
-                engine.run(job)
-                ctx.barrier()
-                if ctx.rank == 0:
-                    incomplete = engine.finish(job)
-                    if incomplete:
-                        raise RobustarchError(f"runs {incomplete} are incomplete after all ranks finished")
-                    if study.checks:
-                        model_checks(engine, job)
-                ctx.barrier()
-                job.model.cpu()
-                del job
-        if ctx.rank == 0 and study.checks:
-            store_checks(store, run_ids)
-        ctx.barrier()
-    finally:
-        if bar is not None:
-            bar.close()
-        store.close()
-        ctx.close()
-    return run_ids
-
-
-def _progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=0,
-        unit="ex",
-        unit_scale=True,
-        dynamic_ncols=True,
-        smoothing=0.1,
-        desc="study",
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
-    )
+    return run_specs(study.specs(), store_path or study.store, progress=progress)

@@ -47,7 +47,9 @@ __all__ = [
     "list_models",
     "list_specs",
     "load",
+    "load_state_dict_strict",
     "read_checkpoint",
+    "remap_keys",
     "save_checkpoint",
     "unwrap",
 ]
