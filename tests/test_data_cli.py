@@ -34,16 +34,16 @@ def test_list(capsys):
 
 
 def test_check_reports_counts_and_absent_splits(fmnist, capsys):
-    assert run("data", "check", "fashion-mnist", "--root", str(fmnist), "--counts") == 0
+    assert run("data", "check", "fashion-mnist", "--data-root", str(fmnist), "--counts") == 0
     out = capsys.readouterr().out
     assert "test: 10000 examples, 1000 per class" in out and "Ankle boot" in out
     assert "train: absent" in out and out.strip().endswith("ok")
     with pytest.raises(RobustarchError, match="train-images-idx3-ubyte"):
-        run("data", "check", "fashion-mnist", "--root", str(fmnist), "--split", "train")
+        run("data", "check", "fashion-mnist", "--data-root", str(fmnist), "--split", "train")
     with pytest.raises(RobustarchError, match="Did you mean 'fashion-mnist'"):
-        run("data", "check", "fashion_mnist", "--root", str(fmnist))
+        run("data", "check", "fashion_mnist", "--data-root", str(fmnist))
     with pytest.raises(RobustarchError, match="imagefolder only"):
-        run("data", "check", "fashion-mnist", "--root", str(fmnist), "--resize", "3")
+        run("data", "check", "fashion-mnist", "--data-root", str(fmnist), "--resize", "3")
 
 
 def test_check_decode_finds_corrupt_file(tmp_path):
@@ -52,9 +52,9 @@ def test_check_decode_finds_corrupt_file(tmp_path):
         (tmp_path / cls).mkdir()
         random_image(rng, 16, 16).save(tmp_path / cls / "1.png")
     (tmp_path / "y" / "2.png").write_bytes(b"not a png")
-    assert run("data", "check", "imagefolder", "--root", str(tmp_path), "--image-size", "16") == 0
+    assert run("data", "check", "imagefolder", "--data-root", str(tmp_path), "--image-size", "16") == 0
     with pytest.raises(RobustarchError, match=r"y/2\.png"):
-        run("data", "check", "imagefolder", "--root", str(tmp_path), "--image-size", "16", "--decode")
+        run("data", "check", "imagefolder", "--data-root", str(tmp_path), "--image-size", "16", "--decode")
 
 
 def test_cache_build_list_clear(tmp_path, capsys):
@@ -64,7 +64,16 @@ def test_cache_build_list_clear(tmp_path, capsys):
         for i in range(3):
             random_image(rng, 20, 24).save(tmp_path / "d" / cls / f"{i}.jpg")
     c = str(tmp_path / "cache")
-    common = ["--root", str(tmp_path / "d"), "--image-size", "3,16,16", "--resize", "16", "--cache-dir", c]
+    common = [
+        "--data-root",
+        str(tmp_path / "d"),
+        "--image-size",
+        "3,16,16",
+        "--resize",
+        "16",
+        "--cache-dir",
+        c,
+    ]
     assert run("data", "cache", "build", "imagefolder", *common, "--subset", "first:4") == 0
     assert "cached 4 images" in capsys.readouterr().out
     assert run("data", "cache", "list", "--cache-dir", c) == 0

@@ -14,8 +14,11 @@ from robustarch.errors import RobustarchError
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset id (robustarch data list)")
     p.add_argument(
-        "--root", help="folder holding the files (fashion-mnist: /usr/share/datasets/fashion-mnist)"
+        "--data-root",
+        dest="root",
+        help="folder holding the files (fashion-mnist: /usr/share/datasets/fashion-mnist)",
     )
+    p.add_argument("--root", dest="root", help=argparse.SUPPRESS)  # the name this flag had before 0.2
     p.add_argument("--no-verify", action="store_true", help="skip the md5 check of CIFAR files")
     p.add_argument(
         "--md5",

@@ -127,7 +127,7 @@ def load_split(
         )
     root_str = root if root is not None else info.default_root
     if root_str is None:
-        raise DataLayoutError(f"{dataset} needs a root folder (root=... / --root PATH)")
+        raise DataLayoutError(f"{dataset} needs a root folder (root=... / --data-root PATH)")
     root_path = Path(root_str).expanduser()
     if not root_path.exists() and not (download and dataset in cifar.RELEASES):
         raise DataLayoutError(f"{root_path} does not exist; {_layout(dataset, split)}")
