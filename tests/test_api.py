@@ -251,3 +251,18 @@ def test_ctrl_c_ends_with_130_one_line_and_resumes_to_the_same_store(trained, tm
     assert subprocess.run(command(tmp_path / "s.sqlite"), env=env, capture_output=True).returncode == 0
     assert subprocess.run(command(tmp_path / "u.sqlite"), env=env, capture_output=True).returncode == 0
     assert _store_rows(tmp_path / "s.sqlite") == _store_rows(tmp_path / "u.sqlite")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.exists(), reason=f"needs Debian's dataset-fashion-mnist at {FASHION}")
+def test_the_readme_example_runs():
+    """examples/evaluate_own_model.py (the README's "Evaluate your own model") runs and its numbers agree:
+    the worst case over the attacks is at most each attack's accuracy."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "evaluate_own_model.py")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {ln.split()[1]: float(ln.split()[5]) for ln in out.stdout.splitlines() if ln.startswith("my-cnn")}
+    robust = float(out.stdout.split("8/255) ")[1].split("%")[0])
+    assert set(rows) == {"clean", "fgsm", "pgd"} and robust <= min(rows["fgsm"], rows["pgd"]) + 1e-9
