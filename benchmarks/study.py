@@ -67,8 +67,9 @@ def dataset_table(tmp: Path, n: int) -> tuple[str, str]:
 
 
 def run_robustarch(tmp: Path, n: int, batch: int, model: str, *, prepare: bool, checks: bool) -> float:
-    from robustarch.evaluation import engine as eng_mod
-    from robustarch.evaluation.study import load_study, run_study
+    from dataclasses import replace
+
+    from robustarch.evaluation import load_study, run_specs
 
     head, _ = dataset_table(tmp, n)
     store = tmp / f"bench-{prepare}-{checks}.sqlite"
@@ -76,20 +77,12 @@ def run_robustarch(tmp: Path, n: int, batch: int, model: str, *, prepare: bool, 
     path.write_text(
         f'[study]\ndevice = "cpu"\nbatch_size = {batch}\nchecks = {str(checks).lower()}\n'
         f'attacks = ["preset:paper"]\nstore = "{store}"\n[[datasets]]\n{head}'
-        f'models = ["{model}"]\n'
+        f'models = [{{ name = "{model}", random_init = true }}]\n'
     )
-    original = eng_mod.Engine.__init__
-
-    def init(self, *a, **kw):  # the study runner has no switch for this: set it for the measurement
-        original(self, *a, **{**kw, "prepare": prepare})
-
-    eng_mod.Engine.__init__ = init
-    try:
-        t = time.perf_counter()
-        run_study(load_study(path), progress=False)
-        return time.perf_counter() - t
-    finally:
-        eng_mod.Engine.__init__ = original
+    t = time.perf_counter()
+    specs = [replace(s, prepare=prepare) for s in load_study(path).specs()]
+    run_specs(specs, progress=False)
+    return time.perf_counter() - t
 
 
 def run_torchattacks(tmp: Path, n: int, batch: int, model_name: str) -> float:

@@ -835,8 +835,8 @@ name = "cifar10-jpeg"
 root = "{root}"
 limit = 8
 models = [
-  {{ name = "resnet18", overrides = {{ width = 4 }} }},
-  {{ name = "darts", overrides = {{ C = 4, layers = 3, auxiliary = false }} }},
+  {{ name = "resnet18", overrides = {{ width = 4 }}, random_init = true }},
+  {{ name = "darts", overrides = {{ C = 4, layers = 3, auxiliary = false }}, random_init = true }},
 ]
 """,
         encoding="utf-8",

@@ -128,6 +128,7 @@ def _plan_all(
             rank=ctx.rank,
             world_size=ctx.world_size,
             progress=bar if bar.enabled else None,
+            prepare=spec.prepare,
         )
         engines.append(engine)
         job = engine.plan(loaded[spec.data], spec.model, spec.attacks, register=False, load=len(specs) == 1)

@@ -295,6 +295,7 @@ class EvaluationSpec:
     checks: bool = True
     recheck: int = 64
     store: str | None = None  # a results store file; None: in memory
+    prepare: bool = True  # attack robustarch.runtime.prepare_for_attack's faster copy of the model
     meta: Mapping[str, Any] = field(default_factory=dict)  # recorded with every run (e.g. the study)
 
     def __post_init__(self) -> None:
