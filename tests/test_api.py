@@ -263,6 +263,13 @@ def test_the_readme_example_runs():
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    rows = {ln.split()[1]: float(ln.split()[5]) for ln in out.stdout.splitlines() if ln.startswith("my-cnn")}
+    import re
+
+    # the top-1 column is the number just before its interval (the clean row has no eps column)
+    rows = {
+        ln.split()[1]: float(re.search(r"(\d+\.\d\d)\s+\d+\.\d\d-", ln).group(1))
+        for ln in out.stdout.splitlines()
+        if ln.startswith("my-cnn")
+    }
     robust = float(out.stdout.split("8/255) ")[1].split("%")[0])
     assert set(rows) == {"clean", "fgsm", "pgd"} and robust <= min(rows["fgsm"], rows["pgd"]) + 1e-9

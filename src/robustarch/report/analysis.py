@@ -14,6 +14,7 @@ import numpy as np
 
 from robustarch.report.paper import PAPER_COUNTERPART, matches_paper_setting
 from robustarch.report.tables import CLEAN, WORST, Cell, Outcomes, Row, Table, as_outcomes
+from robustarch.store import paired_interval
 
 Z95 = statistics.NormalDist().inv_cdf(0.975)
 
@@ -67,18 +68,6 @@ def newcombe_interval(
     (l1, u1), (l2, u2) = ci1, ci2
     d = p1 - p2
     return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
-
-
-def paired_interval(both: int, only1: int, only2: int, neither: int, z: float = Z95) -> tuple[float, float]:
-    """95% interval of p1 - p2 for paired binary outcomes (Agresti and Min 2005: add 1/2 to each cell).
-
-    ``only1`` = examples right under model 1 and wrong under model 2, ``only2`` the reverse.
-    """
-    n = both + only1 + only2 + neither + 2.0
-    b, c = only1 + 0.5, only2 + 0.5
-    d = (b - c) / n
-    half = z * math.sqrt(max((b + c) - (b - c) ** 2 / n, 0.0)) / n
-    return (max(-1.0, d - half), min(1.0, d + half))
 
 
 def selection_bootstrap_interval(

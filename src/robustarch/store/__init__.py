@@ -11,6 +11,7 @@ from robustarch.store._types import (
     RunKey,
     RunResult,
     canonical_json,
+    paired_interval,
     wilson_interval,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "RunResult",
     "Store",
     "canonical_json",
+    "paired_interval",
     "wilson_interval",
 ]

@@ -156,6 +156,16 @@ class RunResult:
         return RunKey(**{f.name: getattr(self, f.name) for f in fields(RunKey)})
 
 
+def paired_interval(both: int, only1: int, only2: int, neither: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of p1 - p2 for paired binary outcomes on the same examples (Agresti and Min 2005: add
+    1/2 to each cell). ``only1`` = examples right under 1 and wrong under 2, ``only2`` the reverse."""
+    n = both + only1 + only2 + neither + 2.0
+    b, c = only1 + 0.5, only2 + 0.5
+    d = (b - c) / n
+    half = z * math.sqrt(max((b + c) - (b - c) ** 2 / n, 0.0)) / n
+    return (max(-1.0, d - half), min(1.0, d + half))
+
+
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (Wilson 1927); (0, 1) when n = 0."""
     if n <= 0:
