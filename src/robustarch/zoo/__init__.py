@@ -18,11 +18,13 @@ from torch import nn
 
 from robustarch.errors import UnknownNameError
 from robustarch.zoo._checkpoint import (
+    check_weight_file,
     file_sha256,
     load_state_dict_strict,
     read_checkpoint,
     remap_keys,
     save_checkpoint,
+    save_safetensors,
 )
 from robustarch.zoo._normalize import Normalized
 from robustarch.zoo._registry import DATASETS, ModelSpec, all_specs, dataset_shape, get_spec
@@ -41,6 +43,7 @@ __all__ = [
     "Normalized",
     "build",
     "build_kwargs",
+    "check_weight_file",
     "count_parameters",
     "file_sha256",
     "get_spec",
@@ -49,6 +52,7 @@ __all__ = [
     "load",
     "read_checkpoint",
     "save_checkpoint",
+    "save_safetensors",
     "unwrap",
 ]
 
