@@ -13,10 +13,11 @@ import torch
 
 from robustarch import zoo
 from robustarch.errors import RobustarchError, UnknownNameError
-from robustarch.zoo import weights
+from robustarch.zoo import _weights_doc, weights
 from robustarch.zoo._checkpoint import save_safetensors
 from robustarch.zoo.densenas import QUICK_NET_CONFIG
 
+REPO = Path(__file__).resolve().parents[1]
 ENTRIES = weights.entries()
 AVAILABLE = [e for e in ENTRIES if e.available]
 IDS = [e.key for e in ENTRIES]
@@ -176,3 +177,12 @@ def test_stem_pool_override_changes_the_network() -> None:
     with_pool.eval(), without.eval()
     with torch.no_grad():
         assert not torch.allclose(with_pool(x), without(x))
+
+
+def test_docs_weights_md_is_the_registry_table() -> None:
+    doc = (REPO / "docs" / "weights.md").read_text(encoding="utf-8")
+    assert _weights_doc.replace_section(doc) == doc, (
+        "docs/weights.md is stale: run python -m robustarch.zoo._weights_doc docs/weights.md"
+    )
+    for entry in AVAILABLE:
+        assert f"`{entry.file}`" in doc
