@@ -186,3 +186,21 @@ def test_docs_weights_md_is_the_registry_table() -> None:
     )
     for entry in AVAILABLE:
         assert f"`{entry.file}`" in doc
+
+
+def test_study_weights_of_the_bundled_paper_study() -> None:
+    requests = weights.study_weights("paper")
+    named = {(r.dataset, r.model_id): r for r in requests}
+    assert len(named) == len(requests) == 9 + 9 + 15
+    # ImageNet handcrafted from torchvision, DenseNAS from the authors' folders
+    assert named[("imagenet", "resnet50")].entry == weights.lookup("resnet50", "imagenet", "torchvision")
+    assert named[("imagenet", "densenas_r3")].entry == weights.lookup("densenas_r3", "imagenet", "authors")
+    handcrafted = {"vgg16_bn", "resnet18", "resnet50", "densenet121", "densenet169"}
+    for r in requests:
+        if (
+            r.entry is None
+        ):  # a local file: the study's CIFAR-100 handcrafted nets have no loadable public file
+            assert r.dataset == "cifar100" and r.model_id in handcrafted
+            assert not weights.lookup(r.model_id, r.dataset, "study").available
+        else:
+            assert r.entry.available and r.entry.dataset == r.dataset
