@@ -489,7 +489,9 @@ def test_drive_folders_through_gdown_member_by_path_and_whole_model_folders(
 
     class FakeGdown:
         @staticmethod
-        def download_folder(id: str, output: str, quiet: bool, skip_download: bool = False) -> list:
+        def download_folder(
+            id: str, output: str, quiet: bool, skip_download: bool = False, resume: bool = False
+        ) -> list:
             if skip_download:
                 return [Listed(p, fid) for p, (fid, _) in folder.items()]
             out = Path(output)

@@ -207,7 +207,9 @@ def drive_download(file_id: str, part: Path, *, desc: str) -> Path:
     if gdown is not None:
         log.info("%s: Google Drive file %s via gdown", desc, file_id)
         try:
-            gdown.download(id=file_id, output=str(part), quiet=not sys.stderr.isatty(), resume=part.exists())
+            # resume=True: gdown keeps its own partial file beside `part` and renames it when complete, so an
+            # interrupted Drive download continues on the next run
+            gdown.download(id=file_id, output=str(part), quiet=not sys.stderr.isatty(), resume=True)
         except Exception as err:  # gdown raises its own FileURLRetrievalError and requests' errors
             raise FetchError(f"Google Drive file {file_id}: gdown failed: {err}") from err
         return part
@@ -245,7 +247,9 @@ def drive_folder_download(folder_id: str, out_dir: Path) -> Path:
     gdown = _require_gdown(f"downloading Google Drive folder {folder_id}")
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        files = gdown.download_folder(id=folder_id, output=str(out_dir), quiet=not sys.stderr.isatty())
+        files = gdown.download_folder(
+            id=folder_id, output=str(out_dir), quiet=not sys.stderr.isatty(), resume=True
+        )
     except Exception as err:
         raise FetchError(f"Google Drive folder {folder_id}: gdown failed: {err}") from err
     if not files:

@@ -494,8 +494,9 @@ def _from_origin(entry: WeightEntry, part: Path) -> str:
         _fetch.drive_download(str(entry.drive_id), part, desc=desc)
         return str(entry.page())
     if entry.kind == "drive-folder" and entry.member is None:
-        _remove(part)
-        _fetch.drive_folder_download(str(entry.drive_id), part)
+        if part.is_file():
+            part.unlink()
+        _fetch.drive_folder_download(str(entry.drive_id), part)  # a partial folder from a killed run resumes
         return str(entry.page())
     if entry.kind == "drive-folder":
         listing = _fetch.drive_folder_files(str(entry.drive_id))
