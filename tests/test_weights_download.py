@@ -288,6 +288,17 @@ def test_a_cached_file_whose_hash_changed_is_refused(server: Server, registry) -
     assert server.requests["/w/f.pt"] == 1
 
 
+def test_a_size_mismatch_is_refused_before_hashing(server: Server) -> None:
+    data, _ = _checkpoint()
+    entry = _entry(server.add("/w/sized.pt", data), size=len(data) + 1)
+    with pytest.raises(
+        weights.WeightsError, match=f"has {len(data)} bytes, but resnet18-test.pt has {len(data) + 1}"
+    ):
+        weights.fetch(entry)
+    assert not _cache.lock_path().exists()
+    assert weights.fetch(replace(entry, size=len(data))).trust == "first-use"
+
+
 def test_trust_on_first_use_records_then_refuses_a_changed_file(server: Server, caplog) -> None:
     data, _ = _checkpoint(seed=1)
     entry = _entry(server.add("/w/tofu.pt", data))  # no published hash

@@ -338,6 +338,11 @@ def _check_content(entry: WeightEntry, path: Path) -> None:
         check_weight_file(weight_file_in(path))
     else:
         check_weight_file(path)
+        if entry.size is not None and path.stat().st_size != entry.size:
+            raise WeightsError(
+                f"{path} has {path.stat().st_size} bytes, but {entry.file} has {entry.size} (the registry's "
+                "size): an incomplete or different file. Delete it and fetch it again."
+            )
 
 
 def _verify_entry(entry: WeightEntry, path: Path, origin: str) -> tuple[Trust, dict[str, str]]:
