@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 EPILOG = """\
-Cache: $ROBUSTARCH_HOME/weights (default $XDG_CACHE_HOME/robustarch, else ~/.cache/robustarch).
+Cache: $ROBUSTARCH_HOME/weights; ROBUSTARCH_HOME defaults to $XDG_CACHE_HOME/robustarch, ~/.cache/robustarch.
 ROBUSTARCH_OFFLINE=1 never touches the network; ROBUSTARCH_WEIGHTS_MIRROR (a URL or a folder with the
 cache's layout, or a flat folder of the registry's file names) is searched first. Files without a published
 sha256 are recorded on first download (trust on first use) and checked ever after. Google Drive folders need
