@@ -17,6 +17,7 @@ from robustarch.errors import RobustarchError
 # Order = order in --help. Each module defines register(subparsers); each subcommand sets func(args) -> int.
 SUBCOMMAND_MODULES = (
     "robustarch.cli.models",
+    "robustarch.cli.weights",
     "robustarch.cli.attacks",
     "robustarch.cli.data",
     "robustarch.cli.evaluate",

@@ -2,8 +2,9 @@
 
 ``build`` returns the bare network (reference ``state_dict`` keys, float32, train mode);
 ``load`` returns it wrapped with its input normalization, in eval mode, taking images in [0, 1], optionally
-with weights from a checkpoint file. Each family file (``vgg.py``, ``darts.py``, ...) registers its entries
-with :func:`robustarch.zoo._registry.register_model`; adding a model is one file plus one registration.
+with weights from a checkpoint file, a URL, or a published source by name (:mod:`robustarch.zoo.weights`).
+Each family file (``vgg.py``, ``darts.py``, ...) registers its entries with
+:func:`robustarch.zoo._registry.register_model`; adding a model is one file plus one registration.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 
 from torch import nn
 
-from robustarch.errors import UnknownNameError
+from robustarch.errors import RobustarchError, UnknownNameError
 from robustarch.zoo._checkpoint import (
+    check_weight_file,
     file_sha256,
     load_state_dict_strict,
     read_checkpoint,
     remap_keys,
     save_checkpoint,
+    save_safetensors,
 )
 from robustarch.zoo._normalize import Normalized
 from robustarch.zoo._registry import DATASETS, ModelSpec, all_specs, dataset_shape, get_spec
@@ -34,6 +37,10 @@ FAMILY_MODULES = ("vgg", "resnet", "densenet", "darts", "nsga_net", "densenas")
 for _module in FAMILY_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 
+from robustarch.zoo import weights  # noqa: E402 - the registry checks names against the models above
+
+_weights_registry = weights  # load()'s parameter is called weights too
+
 __all__ = [
     "DATASETS",
     "FAMILY_MODULES",
@@ -41,6 +48,7 @@ __all__ = [
     "Normalized",
     "build",
     "build_kwargs",
+    "check_weight_file",
     "count_parameters",
     "file_sha256",
     "get_spec",
@@ -51,7 +59,9 @@ __all__ = [
     "read_checkpoint",
     "remap_keys",
     "save_checkpoint",
+    "save_safetensors",
     "unwrap",
+    "weights",
 ]
 
 
@@ -91,41 +101,68 @@ def build(name: str, dataset: str, **overrides: Any) -> nn.Module:
 def load(
     name: str,
     dataset: str,
-    weights: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | bool | None = None,
     *,
     allow_pickle: bool = False,
+    download: bool = True,
     **overrides: Any,
 ) -> Normalized:
     """The network with its input normalization inside, in eval mode, taking images in [0, 1].
 
-    ``weights`` is a checkpoint path (see :mod:`robustarch.zoo._checkpoint` for the accepted forms); it is
-    loaded strictly and any key mismatch raises :class:`RobustarchError` with the full report. A file written
-    by :func:`save_checkpoint` whose metadata records ``overrides`` is rebuilt with them unless the caller
-    passes overrides. ``allow_pickle=True`` lets ``torch.load`` unpickle arbitrary objects: only for trusted
-    files. Without ``weights`` the network keeps its random initialisation.
+    ``weights`` is a published source by name (``"torchvision"``, ``"authors"``, an alias such as
+    ``"IMAGENET1K_V1"``; ``True`` = the registry's default source for ``name`` on ``dataset``), downloaded
+    and verified by :mod:`robustarch.zoo.weights` (``download=False`` or ``ROBUSTARCH_OFFLINE=1``: cached
+    files only); an ``http(s)`` URL; or a checkpoint path (see :mod:`robustarch.zoo._checkpoint` for the
+    accepted forms). ``name`` may also be a registry weight-set id of a generic zoo entry (``densenas_r3``).
+    Weights are loaded strictly and any key mismatch raises :class:`RobustarchError` with the full report. A
+    source's build overrides and input normalization (e.g. a CIFAR ResNet without its stem max-pool) are
+    applied; a file written by :func:`save_checkpoint` whose metadata records ``overrides`` is rebuilt with
+    them unless the caller passes overrides. ``allow_pickle=True`` lets ``torch.load`` unpickle arbitrary
+    objects: only for trusted files. Without ``weights`` the network keeps its random initialisation.
     """
+    if "pretrained" in overrides:
+        raise RobustarchError(
+            "load() has no pretrained= argument: pass weights=True for the registry's default source, a "
+            f"source name (see `robustarch weights list --dataset {dataset}`), or a checkpoint path"
+        )
+    if weights is False:
+        weights = None
+    if weights is not None and not isinstance(weights, (str, os.PathLike, bool)):
+        raise RobustarchError(
+            f"weights must be a source name, True, a path or a URL; got {type(weights).__name__}"
+        )
+    entry = None
+    path = None
+    if weights is True or (weights is not None and _weights_registry.looks_like_source(weights)):
+        entry = _weights_registry.lookup(name, dataset, weights)  # type: ignore[arg-type]
+        path = _weights_registry.fetch(entry, download=download).path
+        name = entry.zoo_name
+        overrides = {**entry.build_overrides(path), **overrides}
+    elif weights is not None:
+        path = _weights_registry.resolve(name, dataset, weights, download=download)
     spec = get_spec(name, dataset)
     shape = dataset_shape(dataset)
     state = None
     metadata: dict[str, Any] = {}
-    if weights is not None:
-        state, metadata = read_checkpoint(weights, allow_pickle=allow_pickle)
+    if path is not None:
+        state, metadata = read_checkpoint(path, allow_pickle=allow_pickle)
         recorded = metadata.get("model")
         if recorded and recorded != name:
-            log.warning("%s records model %r, loading it as %r", weights, recorded, name)
+            log.warning("%s records model %r, loading it as %r", path, recorded, name)
         if not overrides and isinstance(metadata.get("overrides"), dict) and metadata["overrides"]:
             overrides = dict(metadata["overrides"])
-            log.info("rebuilding %s with the overrides recorded in %s: %s", name, weights, overrides)
+            log.info("rebuilding %s with the overrides recorded in %s: %s", name, path, overrides)
     net = build(name, dataset, **overrides)
     if state is not None:
         own = net.state_dict()
         state = remap_keys(state, own, spec.checkpoint_prefix, spec.key_rewrites)
-        load_state_dict_strict(net, state, source=str(weights))
-    mean, std = spec.mean_std(dataset)
+        load_state_dict_strict(net, state, source=str(path))
+    mean, std = (entry.normalization() if entry else None) or spec.mean_std(dataset)
     pad_to = spec.input_size if shape.input_size < spec.input_size else None
     model = Normalized(net, mean, std, pad_to=pad_to)
     model.spec = spec
     model.checkpoint_metadata = metadata
+    model.weights_entry = entry
     return model.eval()
 
 

@@ -85,6 +85,7 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         width: int = 64,
         stem: str = "imagenet",
+        stem_pool: bool = True,
     ) -> None:
         super().__init__()
         kernel, stride, padding = STEMS[stem]
@@ -94,7 +95,8 @@ class ResNet(nn.Module):
         )
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        # a module without parameters either way, so files with and without the pool have the same keys
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity()
         for i, n in enumerate(layers):
             self.add_module(
                 f"layer{i + 1}", self._make_layer(block, width * 2**i, n, stride=1 if i == 0 else 2)
@@ -139,17 +141,20 @@ def resnet(
     layers: Sequence[int] = (2, 2, 2, 2),
     width: int = 64,
     stem: str = "imagenet",
+    stem_pool: bool = True,
 ) -> ResNet:
     """Build a ResNet. ``block`` is ``basic`` or ``bottleneck``, ``layers`` the blocks per stage (ResNet-18:
     (2, 2, 2, 2), ResNet-50: bottleneck (3, 4, 6, 3)), ``width`` the stem and first-stage channel count (64
-    published; stage i has ``width * 2**i``), ``stem`` the ``imagenet`` or ``cifar`` stem conv."""
+    published; stage i has ``width * 2**i``), ``stem`` the ``imagenet`` or ``cifar`` stem conv.
+    ``stem_pool=False`` drops the stem's 3x3 stride-2 max-pool, as edadaltocg/detectors' CIFAR ResNets do
+    (``models/resnet.py``: ``maxpool = nn.Identity()``); their weights have the same keys either way."""
     if block not in BLOCKS:
         raise RobustarchError(f"unknown ResNet block {block!r}; known: {', '.join(BLOCKS)}")
     if stem not in STEMS:
         raise RobustarchError(f"unknown ResNet stem {stem!r}; known: {', '.join(STEMS)}")
     if width < 1 or not layers or min(layers) < 1:
         raise RobustarchError(f"ResNet needs width >= 1 and >= 1 block per stage, got {width}, {layers}")
-    return ResNet(BLOCKS[block], tuple(layers), num_classes, in_channels, width, stem)
+    return ResNet(BLOCKS[block], tuple(layers), num_classes, in_channels, width, stem, stem_pool)
 
 
 _PAPER = "He, Zhang, Ren & Sun, Deep Residual Learning for Image Recognition, CVPR 2016"
