@@ -37,7 +37,12 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="a zoo model (robustarch models), or a factory package.module:function (or file.py:function) "
         "returning an nn.Module that maps [0,1] images to logits",
     )
-    m.add_argument("--weights", default=None, help="checkpoint file to load into the model")
+    m.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint file or URL to load into the model, or a published source of a zoo model "
+        "(torchvision, authors, ...: robustarch weights list)",
+    )
     m.add_argument(
         "--random-init",
         action="store_true",
@@ -127,6 +132,11 @@ def _register_study(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--models", default=None, help="only these model ids (comma-separated)")
         if name == "run":
             p.add_argument("--no-progress", action="store_true")
+            p.add_argument(
+                "--no-download",
+                action="store_true",
+                help="fetch no published weights: use the cache (and ROBUSTARCH_WEIGHTS_MIRROR) only",
+            )
         p.set_defaults(func=func)
     show = sub.add_parser("show", help="print a preset study file (to copy and edit)")
     show.add_argument("name", help="preset study name (paper)")
@@ -188,6 +198,15 @@ def _image_size(text: str | None) -> Any:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def _weights(text: str | None) -> str | None:
+    """``--weights``: a published source name or URL as given, a file as an absolute path."""
+    from robustarch.zoo import weights as registry
+
+    if text is None or registry.looks_like_source(text) or registry.is_url(text):
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
 def evaluation_spec(args: argparse.Namespace) -> Any:
     """The evaluation spec the ``evaluate`` flags describe, validated before any work."""
     from robustarch.evaluation import (
@@ -204,7 +223,7 @@ def evaluation_spec(args: argparse.Namespace) -> Any:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.data_root and not Path(args.data_root).expanduser().exists():
         raise RobustarchError(f"data root {args.data_root} does not exist")
-    weights = str(Path(args.weights).expanduser().resolve()) if args.weights else None
+    weights = _weights(args.weights)
     arch = {k: _literal(v) for k, v in _pairs(args.arch, "--arch").items()}
     ref = model_ref(
         args.model, weights=weights, mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
@@ -274,7 +293,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
     study = _study(args)
     store = args.store or study.store
-    run_ids = run_study(study, store, progress=not args.no_progress)
+    run_ids = run_study(study, store, progress=not args.no_progress, download=not args.no_download)
     if env_int("RANK", 0) == 0:
         _print_results(store, run_ids, "table", grid=True)
     return 0

@@ -107,7 +107,7 @@ class Results:
 def model_ref(
     model: str | nn.Module | ModelRef,
     *,
-    weights: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | bool | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     random_init: bool = False,
@@ -118,7 +118,7 @@ def model_ref(
     an ``nn.Module``, or a ModelRef."""
     if isinstance(model, ModelRef):
         return model
-    path = None if weights is None else str(weights)
+    path = weights if weights is None or isinstance(weights, bool) else str(weights)
     if isinstance(model, nn.Module):
         if weights is not None:
             raise RobustarchError("weights= is for zoo and factory models; load them into your module first")
@@ -189,7 +189,7 @@ def evaluate(
     std: Sequence[float] | None = None,
     seed: int = 0,
     checks: bool = True,
-    weights: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | bool | None = None,
     random_init: bool = False,
     name: str | None = None,
     arch: Mapping[str, Any] | None = None,

@@ -165,12 +165,15 @@ def topk_hits(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return pred, (pred == labels) & finite, (top == labels[:, None]).any(1) & finite
 
 
-def model_identity(ref: ModelRef, model: nn.Module | None) -> str:
-    """What identifies a model's weights in its runs' keys: the weights file's hash for a zoo entry, a
-    hash of the random initialisation's state_dict, or, for a model from a factory or from Python, a hash of
-    its state_dict together with its factory arguments and normalization (both change its outputs)."""
+def model_identity(ref: ModelRef, model: nn.Module | None, dataset: str) -> str:
+    """What identifies a model's weights in its runs' keys: the weights file's hash for a zoo entry
+    (published weights: the fetched file's), a hash of the random initialisation's state_dict, or, for a model
+    from a factory or from Python, a hash of its state_dict together with its factory arguments and
+    normalization (both change its outputs)."""
     if ref.kind == "zoo":
-        return weights_file_hash(ref.weights) if ref.weights else "init-" + hash_state_dict(model)  # type: ignore[arg-type]
+        if ref.weights is None:
+            return "init-" + hash_state_dict(model)  # type: ignore[arg-type]
+        return weights_file_hash(ref.weights_file(dataset))  # type: ignore[arg-type]
     assert model is not None
     recipe = hashlib.sha256(
         repr((ref.name, sorted(ref.arch.items()), ref.mean, ref.std)).encode()
@@ -247,7 +250,7 @@ class Engine:
             model_family=family,
             method=method,
             params_count=params_count,
-            weights_hash=model_identity(model_ref, model),
+            weights_hash=model_identity(model_ref, model, model_dataset),
             seed=self.seed,
             dtype=self.dtype,
             device=self.device.type,
@@ -294,9 +297,11 @@ class Engine:
     def _meta(self, data: DataSource, model_ref: ModelRef, extra: Mapping[str, Any] | None) -> dict[str, Any]:
         """Provenance recorded with every run (``docs/store.md``)."""
         classes = data.classes_in(0, len(data))
+        weights_file = model_ref.weights_file(data.budget_dataset) if model_ref.weights is not None else None
         return {
             **run_provenance(self.device, self.world_size),
             **model_ref.describe(),
+            **({"weights_file": str(weights_file)} if weights_file is not None else {}),
             "data": {
                 "label": data.label,
                 **data.info,

@@ -38,20 +38,22 @@ class ModelRef:
     kind: str
     name: str
     id: str
-    weights: str | None = None
+    weights: str | bool | None = None  # a file, a URL, a published source ("torchvision"), or True
     arch: Mapping[str, Any] = field(default_factory=dict)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     allow_pickle: bool = False
     random_init: bool = False
     module: nn.Module | None = field(default=None, compare=False, repr=False)
+    # whether published weights may be downloaded now (False: only the cache; study run --no-download)
+    download: bool = field(default=True, compare=False)
 
     @classmethod
     def zoo(
         cls,
         name: str,
         *,
-        weights: str | None = None,
+        weights: str | bool | None = None,
         overrides: Mapping[str, Any] | None = None,
         id: str | None = None,
         allow_pickle: bool = False,
@@ -67,7 +69,7 @@ class ModelRef:
         target: str,
         *,
         kwargs: Mapping[str, Any] | None = None,
-        weights: str | None = None,
+        weights: str | bool | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         id: str | None = None,
@@ -118,10 +120,48 @@ class ModelRef:
                 )
             if self.weights is not None and self.random_init:
                 raise RobustarchError(f"model {self.id}: weights and random_init exclude each other")
+            if self.published:
+                zoo.weights.lookup(self.registry_name(dataset), dataset, self.weights)  # type: ignore[arg-type]
+                return
         elif self.kind == "factory":
             _import_factory(self.name)
-        if check_files and self.weights is not None and not Path(self.weights).exists():
+            if self.weights is True or self.published:
+                raise RobustarchError(
+                    f"model {self.id}: published weights by name are for zoo models; give a factory's "
+                    "weights as a file or URL"
+                )
+        local = self.weights is not None and not _is_url(self.weights)
+        if check_files and local and not Path(str(self.weights)).exists():
             raise RobustarchError(f"model {self.id}: weights file {self.weights} does not exist")
+
+    @property
+    def published(self) -> bool:
+        """Whether ``weights`` names published weights of the registry (a source name, or True)."""
+        from robustarch.zoo import weights as registry
+
+        return self.weights is True or (
+            isinstance(self.weights, str) and registry.looks_like_source(self.weights)
+        )
+
+    def registry_name(self, dataset: str) -> str:
+        """The name the weights registry knows this model by: its id where the registry has that id (the
+        generic ``densenas`` entry's ``densenas_large``, ...), else its zoo name."""
+        from robustarch.zoo import weights as registry
+
+        return self.id if registry.entries(dataset, model=self.id) else self.name
+
+    def weights_file(self, dataset: str) -> Path | None:
+        """The local file of the weights: fetched (and verified) for published weights or a URL, where
+        ``download`` allows; None without weights."""
+        from robustarch.zoo import weights as registry
+
+        if self.weights is None:
+            return None
+        if self.published:
+            return registry.resolve(
+                self.registry_name(dataset), dataset, self.weights, download=self.download
+            )
+        return registry.resolve(self.name, dataset, str(self.weights), download=self.download)
 
     def build(self, dataset: str, seed: int) -> nn.Module:
         """The model in eval mode, taking [0, 1] images (a random initialisation depends on ``seed``)."""
@@ -132,14 +172,17 @@ class ModelRef:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if self.kind == "zoo":
+                name = self.registry_name(dataset) if self.published else self.name
                 return zoo.load(
-                    self.name, dataset, self.weights, allow_pickle=self.allow_pickle, **dict(self.arch)
-                )
+                    name, dataset, self.weights, allow_pickle=self.allow_pickle, download=self.download,
+                    **dict(self.arch),
+                )  # fmt: skip
             net = self.module if self.kind == "module" else _call_factory(self.name, self.arch)
-        if self.weights is not None:
-            state, _ = zoo.read_checkpoint(self.weights, allow_pickle=self.allow_pickle)
+        path = self.weights_file(dataset)
+        if path is not None:
+            state, _ = zoo.read_checkpoint(path, allow_pickle=self.allow_pickle)
             state = zoo.remap_keys(state, net.state_dict())
-            zoo.load_state_dict_strict(net, state, source=str(self.weights))
+            zoo.load_state_dict_strict(net, state, source=str(path))
         if self.mean is not None:
             net = zoo.Normalized(net, self.mean, self.std)  # type: ignore[arg-type]
         return net.eval()
@@ -173,6 +216,10 @@ class ModelRef:
             "normalization": self.normalization,
             **({"mean": list(self.mean), "std": list(self.std or ())} if self.mean is not None else {}),
         }
+
+
+def _is_url(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
 def _stats(values: Sequence[float] | None) -> tuple[float, ...] | None:

@@ -120,11 +120,12 @@ class Study:
     def attack_plans(self, ds: StudyDataset) -> list[Any]:
         return list(ds.plans)
 
-    def specs(self) -> list[EvaluationSpec]:
-        """One evaluation spec per (dataset, model), in file order."""
+    def specs(self, *, download: bool = True) -> list[EvaluationSpec]:
+        """One evaluation spec per (dataset, model), in file order. ``download=False``: published weights
+        come from the cache (or a mirror) only."""
         return [
             EvaluationSpec(
-                model=m,
+                model=m if download else dataclasses.replace(m, download=False),
                 data=ds.data,
                 attacks=ds.plans,
                 batch_size=self.batch_size,
@@ -507,11 +508,17 @@ def _read_factory_model(reader: _Reader, where: str, m: dict[str, Any], dataset:
     )
 
 
-def _read_weights(reader: _Reader, where: str, m: dict[str, Any]) -> str | None:
-    weights = reader.typed(where, m, "weights", str, None)
-    if weights is None:
+def _read_weights(reader: _Reader, where: str, m: dict[str, Any]) -> str | bool | None:
+    """A file (placeholders expanded), a URL, a published source name (``"torchvision"``), or true (the
+    registry's default source); ModelRef.validate checks that it exists."""
+    from robustarch.zoo import weights as registry
+
+    weights = reader.typed(where, m, "weights", (str, bool), None)
+    if weights is None or weights is False:
         return None
-    return reader.expand(where + " weights", weights)  # ModelRef.validate checks that it exists
+    if weights is True or registry.looks_like_source(weights) or registry.is_url(weights):
+        return weights
+    return reader.expand(where + " weights", weights)
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -536,11 +543,19 @@ def study_status(study: Study, store_path: str | None = None) -> list[JobStatus]
     engine = Engine(
         store, device=study.device, batch_size=study.batch_size, seed=study.seed, dtype=study.dtype
     )
+    from robustarch.zoo.weights import WeightsError
+
     rows = []
     loaded: dict[DataRef, Any] = {}
-    for spec in study.specs():
+    for spec in study.specs(download=False):  # status fetches nothing
         data = loaded.setdefault(spec.data, spec.data.load())
-        job = engine.plan(data, spec.model, spec.attacks, register=False, load=False)
+        try:
+            job = engine.plan(data, spec.model, spec.attacks, register=False, load=False)
+        except WeightsError as err:
+            log.info("%s: %s", spec.model.id, err)
+            label = "(weights not fetched)"
+            rows.append(JobStatus(data.dataset, spec.model.id, label, "-", 0, 0, False))
+            continue
         for r in job.runs:
             done = len(store.committed_chunks(r.run_id))
             complete = bool(store.results(run_id=r.run_id, complete=True))
@@ -552,9 +567,12 @@ def study_status(study: Study, store_path: str | None = None) -> list[JobStatus]
     return rows
 
 
-def run_study(study: Study, store_path: str | None = None, *, progress: bool = True) -> list[str]:
-    """Run everything the store lacks; returns the run ids of the study. Under ``torchrun`` (WORLD_SIZE > 1)
-    each rank computes the chunks ``c % world_size == rank`` and rank 0 finishes runs and runs the checks."""
+def run_study(
+    study: Study, store_path: str | None = None, *, progress: bool = True, download: bool = True
+) -> list[str]:
+    """Run everything the store lacks; returns the run ids of the study. Published weights are fetched as
+    needed unless ``download=False``. Under ``torchrun`` (WORLD_SIZE > 1) each rank computes the chunks
+    ``c % world_size == rank`` and rank 0 finishes runs and runs the checks."""
     from robustarch.evaluation.runner import run_specs
 
-    return run_specs(study.specs(), store_path or study.store, progress=progress)
+    return run_specs(study.specs(download=download), store_path or study.store, progress=progress)
