@@ -3,6 +3,7 @@
 The contract (names, fields, guarantees) is ``docs/store.md``. Reports render only from what is stored here.
 """
 
+from robustarch.store._errors import StoreFullError
 from robustarch.store._sqlite import DEFAULT_STORE, SCHEMA_VERSION, Store
 from robustarch.store._types import (
     FLAG_STATUSES,
@@ -23,6 +24,7 @@ __all__ = [
     "RunKey",
     "RunResult",
     "Store",
+    "StoreFullError",
     "canonical_json",
     "wilson_interval",
 ]

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import socket
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from robustarch.errors import RobustarchError
+from robustarch.store._errors import StoreFullError
 from robustarch.store._hooks import pause_point
 from robustarch.store._types import (
     EXAMPLE_FIELDS,
@@ -33,6 +35,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "robustarch.sqlite"
+# A bounded write-ahead log: checkpointed every 256 pages (1 MiB) and cut back to 1 MiB after, so the space
+# the store needs is its data plus about 1 MiB, and a disk that filled up holds little that is not yet in
+# the main file (``docs/store.md``, "Disk full").
+WAL_CHECKPOINT_PAGES = 256
+WAL_LIMIT_BYTES = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -90,6 +97,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE, *, timeout: float = 120.0):
         self.path = Path(path)
+        self._timeout = timeout
         if self.path.is_dir():
             raise RobustarchError(
                 f"store path {self.path} is a directory; give a file such as {DEFAULT_STORE}"
@@ -104,10 +112,12 @@ class Store:
                 self._open(timeout)
                 return
             except sqlite3.OperationalError as err:
-                if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
-                    raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
                 if getattr(self, "_db", None) is not None:
                     self._db.close()
+                if is_disk_full(err):
+                    raise StoreFullError(self._full_message(checkpointed=None)) from err
+                if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                    raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
                 time.sleep(0.05 + 0.1 * random.random())
             except sqlite3.DatabaseError as err:
                 raise RobustarchError(f"cannot open results store {self.path}: {err}") from err
@@ -120,6 +130,8 @@ class Store:
         # last commits, and then whole chunks, never part of one
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RobustarchError(
@@ -135,7 +147,42 @@ class Store:
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self)
+
+    def _disk_full(self, err: sqlite3.OperationalError) -> StoreFullError:
+        """After a write failed for lack of space (and was rolled back): copy the write-ahead log into the
+        main file and empty it, so the space it held is free and nothing waits in it; then the error."""
+        self._db.execute("PRAGMA busy_timeout=1000")  # never wait long for other writers here
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            checkpointed = not busy
+        except sqlite3.OperationalError:  # the main file could not grow either
+            checkpointed = False
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        log.debug("store %s: disk full (%s); WAL checkpointed: %s", self.path, err, checkpointed)
+        return StoreFullError(self._full_message(checkpointed))
+
+    def _full_message(self, checkpointed: bool | None) -> str:
+        folder = self.path.parent
+        free = shutil.disk_usage(folder).free
+        wal = Path(f"{self.path}-wal")
+        pending = wal.stat().st_size if wal.exists() else 0
+        if checkpointed:
+            state = "; its write-ahead log was copied into the store and emptied"
+        elif pending:
+            state = (
+                f"; its write-ahead log ({_mib(pending)}) still holds committed chunks that are copied into "
+                "the store file on the next write, which needs about that much free space"
+            )
+        else:
+            state = ""
+        return (
+            f"results store {self.path}: the disk is full ({_mib(free)} free in {folder}), or the store "
+            f"reached its size limit. Nothing committed is lost: the write in progress was rolled back"
+            f"{state}. Free some space (or move the store to a larger disk) and run the same command again: "
+            "it continues from the first chunk not committed."
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -369,17 +416,40 @@ class Store:
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): takes the write lock up front, so two
-    writers never deadlock upgrading a read lock."""
+    writers never deadlock upgrading a read lock. A write that fails for lack of disk space is rolled back
+    and raised as :class:`StoreFullError`, never as a raw sqlite3 error."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
+    def __init__(self, store: Store):
+        self._store = store
+        self._db = store._db
 
     def __enter__(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as err:
+                self._failed(err)
+                raise
+        self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        # SQLite may already have rolled the transaction back itself (it does on some SQLITE_FULL errors)
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and is_disk_full(exc):
+            raise self._store._disk_full(exc) from exc
+
+
+def is_disk_full(err: sqlite3.OperationalError) -> bool:
+    """SQLITE_FULL: the disk (or the connection's ``max_page_count``) has no room for the write."""
+    code = getattr(err, "sqlite_errorcode", None)  # Python >= 3.11
+    return code == sqlite3.SQLITE_FULL if code is not None else "database or disk is full" in str(err)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
