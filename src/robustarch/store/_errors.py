@@ -5,5 +5,9 @@ from __future__ import annotations
 from robustarch.errors import RobustarchError
 
 
+class StoreDamagedError(RobustarchError):
+    """The store file failed SQLite's integrity check: its numbers cannot be trusted (see the message)."""
+
+
 class StoreFullError(RobustarchError):
     """A write failed for lack of disk space; it was rolled back and everything committed before is kept."""
