@@ -5,6 +5,7 @@ The contract (names, fields, guarantees) is ``docs/store.md``. Reports render on
 
 from robustarch.store._errors import StoreDamagedError, StoreFullError
 from robustarch.store._integrity import RunDamage, chunk_digest
+from robustarch.store._salvage import salvage
 from robustarch.store._sqlite import DEFAULT_STORE, FILE_CHECK_SECONDS, SCHEMA_VERSION, Store
 from robustarch.store._types import (
     FLAG_STATUSES,
@@ -31,5 +32,6 @@ __all__ = [
     "StoreFullError",
     "canonical_json",
     "chunk_digest",
+    "salvage",
     "wilson_interval",
 ]
