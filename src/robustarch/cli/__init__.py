@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "robustarch.cli.data",
     "robustarch.cli.evaluate",
     "robustarch.cli.report",
+    "robustarch.cli.store",
     "robustarch.cli.train",
 )
 
