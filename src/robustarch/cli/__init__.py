@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "robustarch.cli.data",
     "robustarch.cli.evaluate",
     "robustarch.cli.report",
+    "robustarch.cli.store",
     "robustarch.cli.train",
 )
 

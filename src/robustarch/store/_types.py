@@ -150,6 +150,13 @@ class RunResult:
     created_at: str
     finished_at: str | None
     flags: list[Flag] = field(default_factory=list)
+    # what is wrong with the run's stored rows (``Store.check_runs``), None when they match its plan; a
+    # damaged run's numbers must not be shown (``Store.repair`` lets the engine compute it again)
+    damage: str | None = None
+
+    @property
+    def damaged(self) -> bool:
+        return self.damage is not None
 
     @property
     def key(self) -> RunKey:
