@@ -374,10 +374,10 @@ def test_a_study_run_recomputes_exactly_the_repaired_chunks(tmp_path, monkeypatc
     store._db.execute(
         "DELETE FROM examples WHERE run_id = ? AND chunk_index = 1 AND example_id % 2 = 0", (victim,)
     )
-    [damage] = store.repair()
-    assert damage.run_id == victim and list(damage.chunks) == [1]
+    assert store.result(victim).damaged and store.result(victim).complete  # a complete run, damaged
     store.close()
     made = _study_commits(monkeypatch)
+    # study run finds the damage itself, removes the damaged chunk and computes exactly it again
     assert main(["study", "run", str(study), "--store", str(path), "--no-progress"]) == 0
     assert made == [(victim, 1)]
     assert snapshot(path) == reference

@@ -74,6 +74,9 @@ def run_specs(
     engines: list[Engine] = []
     run_ids: list[str] = []
     try:
+        if ctx.rank == 0:
+            repair_damaged(opened)
+        ctx.barrier()  # no rank plans from chunks that rank 0 is removing
         planned = _plan_all(specs, opened, ctx, bar, engines)
         bar.set_total(sum(p.engine.work_units(p.job) for p in planned))
         if estimate and ctx.rank == 0:
@@ -107,6 +110,17 @@ def run_specs(
             opened.close()
         ctx.close()
     return run_ids
+
+
+def repair_damaged(store: Store) -> int:
+    """Remove the chunks of runs whose stored rows no longer match what they committed (a flipped bit, a
+    lost page; ``Store.results`` names them), so that planning finds exactly those missing and they are
+    computed again. Returns the number of runs repaired."""
+    damaged = [r for r in store.results() if r.damaged]
+    for r in damaged:
+        for d in store.repair(r.run_id):
+            log.warning("store %s: %s; its damaged chunks are computed again", store.path, d.describe())
+    return len(damaged)
 
 
 def _plan_all(
