@@ -228,6 +228,14 @@ def test_norm_names_are_suggested() -> None:
         ra.create("fab-t", norm="linf")
 
 
+@pytest.mark.parametrize("name", FABS)
+def test_labels_beyond_the_models_classes_are_refused(name: str) -> None:
+    model, x, y, _ = affine_setup("Linf")
+    attack = ra.create(name, **({"n_classes": 4} if name == "fab" else {}))
+    with pytest.raises(RobustarchError, match="label 7 out of range for a model with 4 classes"):
+        attack(model, x, torch.full_like(y, 7))
+
+
 def test_untargeted_fab_says_how_many_classes_to_declare() -> None:
     model, x, y, _ = affine_setup("Linf")
     with pytest.raises(RobustarchError, match=r"create\('fab', n_classes=4\)"):

@@ -244,7 +244,7 @@ class _FABBase(Attack):
         adv = x.clone()
         with torch.no_grad():
             logits = model(x)
-        self._check_logits(logits)
+        self._check_logits(logits, y)
         todo = torch.nonzero(logits.argmax(1) == y).flatten()
         if self.eps == 0:  # no point within norm 0 differs from the (correctly classified) image
             extras["robust"] = len(todo)
@@ -260,11 +260,15 @@ class _FABBase(Attack):
         extras["robust"] = len(todo)
         return adv
 
-    def _check_logits(self, logits: Tensor) -> None:
+    def _check_logits(self, logits: Tensor, y: Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] < 2:
             raise RobustarchError(
                 f"{self.name}: the model must return logits (N, classes >= 2), got shape "
                 f"{tuple(logits.shape)}"
+            )
+        if len(y) and int(y.max()) >= logits.shape[1]:
+            raise RobustarchError(
+                f"label {int(y.max())} out of range for a model with {logits.shape[1]} classes"
             )
 
 
@@ -297,8 +301,8 @@ class FAB(_FABBase):
     def candidates_per_step(self) -> int:
         return self.n_classes - 1
 
-    def _check_logits(self, logits: Tensor) -> None:
-        super()._check_logits(logits)
+    def _check_logits(self, logits: Tensor, y: Tensor) -> None:
+        super()._check_logits(logits, y)
         if logits.shape[1] != self.n_classes:
             raise RobustarchError(
                 f"fab: the model has {logits.shape[1]} classes but the attack was made for n_classes="
