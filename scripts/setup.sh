@@ -18,6 +18,7 @@ if [ "${1:-}" = "--test" ]; then
   bash scripts/system-deps.sh dataset-fashion-mnist chromium
   pip_install -e ".[test]"
   pip_install --no-deps "torchattacks==3.5.1"
+  pip_install --no-deps "pyautoattack==0.2.0"  # AutoAttack's own code: the FAB / cascade oracle
 else
   bash scripts/system-deps.sh dataset-fashion-mnist
   pip_install -e .

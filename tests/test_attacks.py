@@ -32,6 +32,8 @@ FAST = {
     "apgd-ce": {"steps": 10},
     "apgd-t": {"steps": 5, "n_target_classes": 2},
     "square": {"queries": 50},
+    "fab": {"steps": 10},
+    "fab-t": {"steps": 10, "n_target_classes": 2},
 }
 PAIRS = [(name, profile) for name in ra.list_attacks() for profile in ra.attack_profiles(name)]
 IDS = [f"{n}-{p}" for n, p in PAIRS]

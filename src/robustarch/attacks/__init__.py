@@ -11,7 +11,7 @@ semantics as the study ran them, ``standard`` = correct modern semantics), plus 
 tensors; see ``docs/attacks.md``.
 """
 
-from robustarch.attacks import apgd, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
+from robustarch.attacks import apgd, fab, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
 from robustarch.attacks._base import Attack, AttackResult, AttackTraits, budget_255, check_inputs, check_model
 from robustarch.attacks._presets import (
     PRESETS,
