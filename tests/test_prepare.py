@@ -272,3 +272,34 @@ def test_bad_arguments_are_refused_clearly(small, example, kwargs, match: str) -
         prepare_for_attack(model, example, **kwargs)
     with pytest.raises(RobustarchError, match=r"nn\.Module"):
         prepare_for_attack(lambda x: x, torch.rand(2, 3, 8, 8))  # type: ignore[arg-type]
+
+
+# (Conv2d arguments, input C, H, W): zero padding, where the dense matrix is written from the weights
+DIRECT_CASES = {
+    "3x3 pad 1 on 2x2": (dict(in_channels=16, out_channels=24, kernel_size=3, padding=1), (16, 2, 2)),
+    "stride 2 on 3x3": (dict(in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=1), (8, 3, 3)),
+    "dilation 2, 2x3": (dict(in_channels=8, out_channels=8, kernel_size=3, padding=2, dilation=2), (8, 2, 3)),
+    "groups 4, 5x5": (dict(in_channels=8, out_channels=12, kernel_size=5, padding=2, groups=4), (8, 2, 2)),
+    "depthwise": (dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6), (6, 2, 2)),
+    "1x3, no padding": (dict(in_channels=4, out_channels=5, kernel_size=(1, 3)), (4, 1, 4)),
+    "padding valid": (dict(in_channels=4, out_channels=5, kernel_size=2, padding="valid"), (4, 3, 3)),
+    "padding same": (dict(in_channels=4, out_channels=5, kernel_size=3, padding="same"), (4, 2, 2)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DIRECT_CASES))
+def test_the_dense_matrix_written_from_the_weights_is_the_convolutions(case: str) -> None:
+    """Bit for bit the matrix read off the convolution's responses to one-hot inputs (each entry is one
+    weight either way), without running the convolution once per input feature."""
+    from robustarch.runtime.dense import DenseConv2d, dense_matrix_from_responses, dense_matrix_from_weights
+
+    kwargs, chw = DIRECT_CASES[case]
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**kwargs).eval().requires_grad_(False)
+    expected = dense_matrix_from_responses(conv, chw)
+    if not isinstance(conv.padding, str):  # "same" / "valid" are left to the responses
+        assert torch.equal(dense_matrix_from_weights(conv, chw), expected)
+    dense = DenseConv2d(conv, chw)
+    assert torch.equal(dense.matrix, expected)
+    x = torch.randn(3, *chw, generator=gen(6))
+    torch.testing.assert_close(dense(x), conv(x), rtol=1e-5, atol=1e-5)
