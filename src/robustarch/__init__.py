@@ -5,10 +5,27 @@ perspective" (the study in ``../shared/seed``): a model zoo (``robustarch.zoo``)
 (``robustarch.attacks``), datasets (``robustarch.data``), an evaluation engine with a crash-safe store
 (``robustarch.evaluation``, ``robustarch.store``), reports (``robustarch.report``) and training
 (``robustarch.train``).
+
+``import robustarch`` imports none of them (nor torch): each subpackage is imported when first read, e.g.
+``robustarch.zoo.load(...)`` after a plain ``import robustarch``.
 """
 
+import importlib
 import logging
+from typing import Any
 
 __version__ = "0.1.0"
 
+SUBMODULES = ("attacks", "data", "errors", "evaluation", "report", "runtime", "store", "train", "zoo")
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: import a subpackage on first use
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(SUBMODULES))
