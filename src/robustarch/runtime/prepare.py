@@ -101,9 +101,9 @@ class Preparation:
 
 @dataclass(frozen=True)
 class Transform:
-    """A model transform that keeps the function in exact arithmetic. ``apply(model, probe)`` changes a
-    copy of the model and returns it with a count of what it changed; 0 means there was nothing to change
-    (then ``not_applicable`` says why)."""
+    """A model transform that keeps the function in exact arithmetic. ``apply(model, probe)`` returns the
+    transformed model (it may change ``model`` in place) and a count of what it changed; 0 means there was
+    nothing to change, ``model`` is left as it was and ``not_applicable`` says why."""
 
     name: str  # also the keyword of prepare_for_attack that turns it off
     apply: Callable[[nn.Module, Tensor], tuple[nn.Module, int]]
@@ -278,9 +278,14 @@ def _apply_transforms(
     rtol: float,
     atol: float,
 ) -> tuple[nn.Module, list[TransformCheck], float, float]:
-    """Apply each wanted transform to a copy of the model kept so far and keep it if the logits hold.
-    Returns the prepared model, one check per transform, its max |logit diff| and the tolerance."""
+    """Apply each wanted transform to the model kept so far and keep it if the logits hold. Returns the
+    prepared model, one check per transform, its max |logit diff| and the tolerance.
+
+    The transforms change the model in place: copying a large traced model before each one cost more than
+    everything else (a deepcopy of a DARTS network's torch.fx graph regenerates its code), while rejections
+    are rare, so a rejection rebuilds the model from the original with the transforms kept so far."""
     current = _eval_copy(model)
+    kept: list[Transform] = []
     checks: list[TransformCheck] = []
     scale = float(reference.abs().max())
     tolerance = rtol * scale + atol
@@ -293,18 +298,20 @@ def _apply_transforms(
         if skip:
             checks.append(_not_kept(transform.name, skip, None))
             continue
-        candidate, count = transform.apply(copy.deepcopy(current), probe)
-        if not count:
+        candidate, count = transform.apply(current, probe)
+        if not count:  # nothing changed
             checks.append(_not_kept(transform.name, transform.not_applicable, None, level=logging.INFO))
             continue
         candidate.eval()
         candidate_diff = float((candidate(probe) - reference).abs().max())
         if candidate_diff <= tolerance:  # False for NaN: a transform that breaks the model is not kept
             current, diff = candidate, candidate_diff
+            kept.append(transform)
             checks.append(TransformCheck(transform.name, True, count, candidate_diff))
         else:
             reason = f"logits differ by {candidate_diff:.3g} > tolerance {tolerance:.3g}"
             checks.append(_not_kept(transform.name, reason, candidate_diff, count, logging.WARNING))
+            current = _rebuild(model, kept, probe)
     if finite and not any(c.kept for c in checks) and any(c.max_abs_logit_diff is not None for c in checks):
         # every transform applied was rejected: is the model itself deterministic?
         diff = float((current(probe) - reference).abs().max())
@@ -314,6 +321,15 @@ def _apply_transforms(
                 f"same batch (by {diff:.3g}; nondeterministic model?)"
             )
     return current, checks, diff, tolerance
+
+
+def _rebuild(model: nn.Module, kept: list[Transform], probe: Tensor) -> nn.Module:
+    """A fresh eval copy of ``model`` with the ``kept`` transforms applied (they are deterministic, so it
+    is the model they were checked on)."""
+    current = _eval_copy(model)
+    for transform in kept:
+        current, _ = transform.apply(current, probe)
+    return current.eval()
 
 
 def _why_not_try(transform: Transform, probe: Tensor, wanted: dict[str, bool], finite: bool) -> str:
