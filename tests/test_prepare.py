@@ -123,6 +123,24 @@ def _corrupted(name: str, by: float) -> tuple[prepare_module.Transform, ...]:
     )
 
 
+def _conv_weights(model: nn.Module) -> list[Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+# whether each transform shows in a prepared model
+APPLIED = {
+    "fold_batchnorm": lambda m: not any(isinstance(x, nn.BatchNorm2d) for x in m.modules()),
+    "channels_last": lambda m: all(
+        w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in _conv_weights(m)
+    ),
+    "dense_small_convolutions": lambda m: any(type(x).__name__ == "DenseConv2d" for x in m.modules()),
+}
+
+
+def test_every_transform_is_listed_with_a_way_to_see_it() -> None:
+    assert set(APPLIED) == set(TRANSFORM_NAMES)
+
+
 @pytest.mark.parametrize("name", TRANSFORM_NAMES)
 def test_a_transform_that_changes_the_output_is_rejected_with_its_reason(
     small, name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -138,6 +156,8 @@ def test_a_transform_that_changes_the_output_is_rejected_with_its_reason(
     assert any(name in r.getMessage() and "differ by" in r.getMessage() for r in caplog.records)
     assert f"not {name}: logits differ" in str(info)
     assert all(c.kept for c in info.checks if c.transform != name)
+    # the model returned is rebuilt without the rejected transform and with the others
+    assert {t: APPLIED[t](prepared) for t in TRANSFORM_NAMES} == {t: t != name for t in TRANSFORM_NAMES}
     assert float((logits(prepared, x) - logits(model, x)).abs().max()) <= info.tolerance
 
 
