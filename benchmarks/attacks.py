@@ -153,7 +153,7 @@ def part1(ckpt: str, threads: int, batch: int, repeats: int) -> list[dict]:
             f"img/s (load {load_avg()})",
             file=sys.stderr,
         )
-    rows.append({"prepared": info.__dict__})
+    rows.append({"prepared": info.as_dict()})
     return rows
 
 

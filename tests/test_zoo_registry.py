@@ -4,6 +4,8 @@ load / list_models, close-name suggestions, and load()'s [0, 1]-input, normalizi
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from robustarch import zoo
 from robustarch.errors import RobustarchError, UnknownNameError
 from robustarch.zoo import Normalized
-from robustarch.zoo._registry import DATASETS
+from robustarch.zoo._registry import DATASETS, stored_parameter_counts
 
 STUDY_CIFAR = {
     "vgg16_bn",
@@ -86,12 +88,46 @@ def test_load_takes_unit_range_images_and_normalizes_inside(spec: zoo.ModelSpec,
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_build_returns_the_bare_network(spec: zoo.ModelSpec) -> None:
-    net = zoo.build(
-        spec.name, "cifar10" if spec.dataset_family == "cifar" else "imagenet", **spec.quick_overrides
-    )
+    dataset = "cifar10" if spec.dataset_family == "cifar" else "imagenet"
+    net = zoo.build(spec.name, dataset, **spec.quick_overrides)
     assert not isinstance(net, Normalized) and zoo.unwrap(net) is net
     assert net.training  # like any freshly built nn.Module
     assert all(p.dtype == torch.float32 for p in net.parameters())
+    # the stored parameter counts are taken on the meta device: it builds the same parameters
+    with torch.device("meta"):
+        on_meta = zoo.build(spec.name, dataset, **spec.quick_overrides)
+    assert zoo.count_parameters(on_meta) == zoo.count_parameters(net) > 0
+
+
+REGENERATE = 'python -c "from robustarch import zoo; zoo.write_parameter_counts()"'
+
+
+@pytest.mark.parametrize(("spec", "dataset"), PAIRS, ids=PAIR_IDS)
+def test_stored_parameter_counts_are_current(spec: zoo.ModelSpec, dataset: str) -> None:
+    """``robustarch models`` reads the counts from configs/parameter_counts.json; each is recomputed here
+    from the network the registry builds, so the file cannot go stale."""
+    stored = stored_parameter_counts()[dataset].get(spec.name, "missing")
+    try:
+        with torch.device("meta"):
+            built: int | None = zoo.count_parameters(zoo.build(spec.name, dataset))
+    except RobustarchError:  # needs arguments to build: stored as null
+        built = None
+    assert stored == built, f"{spec.name}/{dataset}: stored {stored}, built {built}; run {REGENERATE}"
+    assert zoo.parameter_count(spec.name, dataset) == built
+
+
+def test_the_counts_file_lists_exactly_the_registry() -> None:
+    stored = {(name, d) for d, counts in stored_parameter_counts().items() for name in counts}
+    assert stored == {(s.name, d) for s, d in PAIRS}, f"run {REGENERATE}"
+
+
+def test_an_entry_without_a_stored_count_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model registered after the file was written (a user's own entry) still gets its count."""
+    monkeypatch.setattr(zoo, "stored_parameter_counts", dict)
+    assert zoo.parameter_count("vgg16_bn", "imagenet") == 138_365_992  # torchvision's documented count
+    assert zoo.parameter_count("densenas", "imagenet") is None
+    with pytest.raises(UnknownNameError, match="resnet18"):
+        zoo.parameter_count("resnet19", "cifar10")
 
 
 def test_load_rejects_images_of_the_wrong_shape() -> None:
@@ -152,3 +188,35 @@ def test_cli_lists_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
     args = parser.parse_args(["models", "--dataset", "cifar-10"])
     with pytest.raises(UnknownNameError, match="Did you mean 'cifar10'"):
         args.func(args)
+
+
+def test_cli_listing_builds_no_network(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    from robustarch.cli import models as cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("robustarch models built a network")
+
+    monkeypatch.setattr(zoo, "build", refuse)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    for argv in (["models"], ["models", "--dataset", "fashion-mnist"], ["models", "--no-variants"]):
+        args = parser.parse_args(argv)
+        assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "densenas  " in out and "(args)" in out  # the generic DenseNAS entry needs a net_config
+
+
+def test_importing_the_zoo_costs_no_torch_until_a_network_is_needed() -> None:
+    """The dataset table is free to read; the registry imports the architecture files (and torch) when
+    first read, also through the private module that other code may import directly."""
+    code = (
+        "import sys\n"
+        "import robustarch.zoo as zoo\n"
+        "assert zoo.DATASETS['imagenet'].num_classes == zoo.dataset_shape('imagenet').num_classes == 1000\n"
+        "assert 'torch' not in sys.modules, 'the dataset table imported torch'\n"
+        "from robustarch.zoo._registry import get_spec\n"
+        "assert get_spec('resnet18', 'cifar10').reference.startswith('huyvnphan/PyTorch_CIFAR10@')\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -9,25 +9,35 @@ perspective" (the study in ``../shared/seed``): a model zoo (``robustarch.zoo``)
 >>> import robustarch
 >>> robustarch.evaluate(model, (x, y), preset="standard", mean=MEAN, std=STD).table()
 >>> robustarch.benchmark(model, "cifar10", "~/data/cifar10", n_examples=1000)  # (clean, robust)
+
+``import robustarch`` imports none of them (nor torch): each subpackage, and ``evaluate`` / ``benchmark``,
+is imported when first read, e.g. ``robustarch.zoo.load(...)`` after a plain ``import robustarch``.
 """
 
+import importlib
 import logging
 from typing import Any
 
 __version__ = "0.1.0"
 
+SUBMODULES = ("attacks", "data", "errors", "evaluation", "report", "runtime", "store", "train", "zoo")
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-# robustarch.evaluate / robustarch.benchmark import torch only when used (``import robustarch`` stays light)
-_LAZY = {"evaluate": "robustarch.evaluation.api", "benchmark": "robustarch.evaluation.api"}
+# the one-call API, from robustarch.evaluation.api
+FUNCTIONS = ("evaluate", "benchmark")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+def __getattr__(name: str) -> Any:  # PEP 562: import a subpackage (or the API) on first use
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in FUNCTIONS:
+        return getattr(importlib.import_module(f"{__name__}.evaluation.api"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'robustarch' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(SUBMODULES) | set(FUNCTIONS))
 
 
-__all__ = ["__version__", "benchmark", "evaluate"]
+__all__ = ["__version__", *FUNCTIONS]

@@ -9,46 +9,50 @@ semantics as the study ran them, ``standard`` = correct modern semantics), plus 
 
 ``emulate_normalized_inputs=True`` (any attack) reproduces the released code's flaw of attacking normalized
 tensors; see ``docs/attacks.md``.
+
+The names are imported lazily (``import robustarch.attacks`` costs no torch); reading any of them except the
+profile and preset tables imports the attack files of :data:`ATTACK_MODULES`, which register themselves.
 """
 
-from robustarch.attacks import apgd, fab, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
-from robustarch.attacks._base import Attack, AttackResult, AttackTraits, budget_255, check_inputs, check_model
-from robustarch.attacks._presets import (
-    PRESETS,
-    dataset_budget,
-    own_params,
-    preset,
-    rescale,
-    standard_attack,
-)
-from robustarch.attacks._registry import (
-    PROFILES,
-    attack_class,
-    attack_profiles,
-    create,
-    from_record,
-    list_attacks,
-    register_attack,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PRESETS",
-    "PROFILES",
-    "Attack",
-    "AttackResult",
-    "AttackTraits",
-    "attack_class",
-    "attack_profiles",
-    "budget_255",
-    "check_inputs",
-    "check_model",
-    "create",
-    "dataset_budget",
-    "from_record",
-    "list_attacks",
-    "own_params",
-    "preset",
-    "register_attack",
-    "rescale",
-    "standard_attack",
-]
+import importlib
+from typing import Any
+
+from robustarch.lazy import lazy_exports
+
+# one file per attack; each registers its class on import
+ATTACK_MODULES = ("apgd", "fab", "fgsm", "pgd", "rfgsm", "square", "stepll")
+
+# public name -> the submodule that defines it, imported when the name is first read
+_EXPORTS = {
+    "Attack": "_base",
+    "AttackResult": "_base",
+    "AttackTraits": "_base",
+    "budget_255": "_base",
+    "check_inputs": "_base",
+    "check_model": "_base",
+    "PRESETS": "_presets",
+    "dataset_budget": "_presets",
+    "own_params": "_presets",
+    "preset": "_presets",
+    "rescale": "_presets",
+    "standard_attack": "_presets",
+    "PROFILES": "_registry",
+    "attack_class": "_registry",
+    "attack_profiles": "_registry",
+    "create": "_registry",
+    "from_record": "_registry",
+    "list_attacks": "_registry",
+    "register_attack": "_registry",
+}
+_TABLES = {"PRESETS", "PROFILES"}  # plain data: no attack needs to be registered to read them
+__all__ = sorted(_EXPORTS)
+_lazy_getattr, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _TABLES:
+        for module in ATTACK_MODULES:  # registration; a no-op once imported
+            importlib.import_module(f"{__name__}.{module}")
+    return _lazy_getattr(name)

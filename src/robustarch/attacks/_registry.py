@@ -1,7 +1,7 @@
 """The attack registry: one class per attack id, looked up by name; ``create`` is the one door in.
 
 Adding an attack = one file defining an :class:`~robustarch.attacks._base.Attack` subclass decorated with
-:func:`register_attack`, plus its import in ``robustarch/attacks/__init__.py``.
+:func:`register_attack`, plus its module name in ``ATTACK_MODULES`` in ``robustarch/attacks/__init__.py``.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def _bench(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
         "allocator_tuned": tuned,
-        "prepared": None if info is None else info.__dict__,
+        "prepared": None if info is None else info.as_dict(),
         "seconds": times,
         "img_per_s": args.batch_size / med,
         "img_per_s_min": args.batch_size / hi,

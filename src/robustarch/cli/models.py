@@ -25,32 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _param_count(name: str, dataset: str) -> str:
-    import torch
-
-    from robustarch.errors import RobustarchError
-    from robustarch.zoo import build, count_parameters
-
-    # the meta device allocates nothing, so even VGG16's 138M parameters are counted instantly
-    try:
-        with torch.device("meta"):
-            return f"{count_parameters(build(name, dataset)) / 1e6:.2f}"
-    except RobustarchError:  # an entry that needs arguments (the generic "densenas" needs net_config)
-        return "(args)"
+def _millions(count: int | None) -> str:
+    return "(args)" if count is None else f"{count / 1e6:.2f}"  # None: the entry needs arguments to build
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustarch.zoo import list_specs
-    from robustarch.zoo._registry import dataset_shape
+    from robustarch import zoo
 
     if args.dataset is not None:
-        dataset_shape(args.dataset)  # unknown names raise UnknownNameError with close names
+        zoo.dataset_shape(args.dataset)  # unknown names raise UnknownNameError with close names
 
     representative = {"cifar": "cifar10", "imagenet": "imagenet"}
     rows = []
-    for spec in list_specs(args.dataset, variants=not args.no_variants):
+    for spec in zoo.list_specs(args.dataset, variants=not args.no_variants):
         dataset = args.dataset or representative[spec.dataset_family]
-        rows.append((spec.name, dataset, spec.family, _param_count(spec.name, dataset), spec.reference))
+        # stored counts (zoo/configs/parameter_counts.json): building every network took seconds
+        count = zoo.parameter_count(spec.name, dataset)
+        rows.append((spec.name, dataset, spec.family, _millions(count), spec.reference))
     header = ("name", "dataset", "family", "params (M)", "reference")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:

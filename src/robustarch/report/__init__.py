@@ -1,27 +1,32 @@
 """Reports: the paper's Tables 1-4 and Figures 1-3 rendered from a results store, beside the paper's own
-published numbers (``paper_results.json``), with intervals, reliability flags and provenance."""
+published numbers (``paper_results.json``), with intervals, reliability flags and provenance.
 
-from robustarch.report.analysis import DNHA, dnha, newcombe_interval, paper_dnha
-from robustarch.report.build import FORMATS, Report, build_report, collect, write
-from robustarch.report.paper import paper_value, paper_values
-from robustarch.report.tables import Cell, Column, Row, Table, paper_tables, tables_from_results
+The names are imported lazily: the paper's numbers (``paper_value(s)``) need neither numpy nor matplotlib.
+"""
 
-__all__ = [
-    "DNHA",
-    "FORMATS",
-    "Cell",
-    "Column",
-    "Report",
-    "Row",
-    "Table",
-    "build_report",
-    "collect",
-    "dnha",
-    "newcombe_interval",
-    "paper_dnha",
-    "paper_tables",
-    "paper_value",
-    "paper_values",
-    "tables_from_results",
-    "write",
-]
+from __future__ import annotations
+
+from robustarch.lazy import lazy_exports
+
+# public name -> the submodule that defines it, imported when the name is first read
+_EXPORTS = {
+    "DNHA": "analysis",
+    "dnha": "analysis",
+    "newcombe_interval": "analysis",
+    "paper_dnha": "analysis",
+    "FORMATS": "build",
+    "Report": "build",
+    "build_report": "build",
+    "collect": "build",
+    "write": "build",
+    "paper_value": "paper",
+    "paper_values": "paper",
+    "Cell": "tables",
+    "Column": "tables",
+    "Row": "tables",
+    "Table": "tables",
+    "paper_tables": "tables",
+    "tables_from_results": "tables",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -38,6 +38,53 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Ten
     return nn.functional.linear(x, weight, bias)
 
 
+def _output_chw(conv: nn.Conv2d, in_chw: tuple[int, ...]) -> tuple[int, int, int]:
+    """The convolution's output shape for one input of shape ``in_chw``, as torch computes it."""
+    _, h, w = in_chw
+    if conv.padding == "same":
+        return conv.out_channels, h, w
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    ph, pw = (0, 0) if conv.padding == "valid" else conv.padding
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return conv.out_channels, oh, ow
+
+
+def dense_matrix_from_responses(conv: nn.Conv2d, in_chw: tuple[int, ...]) -> Tensor:
+    """The (H_out W_out C_out) x (H W C) matrix of ``conv`` on inputs of shape ``in_chw``, read off its
+    response to each one-hot input: any padding mode, at the cost of one convolution per input feature."""
+    c, h, w = in_chw
+    weight = conv.weight.detach()
+    probes = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device)
+    probes = probes.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # one-hot inputs in (H, W, C) order
+    response = conv._conv_forward(probes, weight, None)  # (in_features, C_out, H_out, W_out)
+    return response.permute(0, 2, 3, 1).reshape(c * h * w, -1).t().contiguous()
+
+
+def dense_matrix_from_weights(conv: nn.Conv2d, in_chw: tuple[int, ...]) -> Tensor:
+    """The same matrix as :func:`dense_matrix_from_responses` for zero padding, written directly: the
+    block of output position (i, j) and input position (i*stride - pad + a*dilation, ...) is the kernel
+    tap (a, b), block-diagonal over the groups. Identical entries (each is one weight), without the
+    in_features convolutions (2.5 s of the 3 s preparation of a CIFAR ResNet-18 on one CPU thread)."""
+    c, h, w = in_chw
+    cout, oh, ow = _output_chw(conv, in_chw)
+    g = conv.groups
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    weight = conv.weight.detach().reshape(g, cout // g, c // g, kh, kw)
+    matrix = torch.zeros(oh, ow, g, cout // g, h, w, g, c // g, dtype=weight.dtype, device=weight.device)
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(kh):
+                ih = i * sh - ph + a * dh
+                for b in range(kw):
+                    iw = j * sw - pw + b * dw
+                    if 0 <= ih < h and 0 <= iw < w:  # taps on the zero padding contribute nothing
+                        # (g, cout/g, g, cin/g) block; its group diagonal is (cout/g, cin/g, g)
+                        block = matrix[i, j, :, :, ih, iw].diagonal(dim1=0, dim2=2)
+                        block.copy_(weight[:, :, :, a, b].permute(1, 2, 0))
+    return matrix.reshape(oh * ow * cout, h * w * c)
+
+
 class _DenseLinearFn(torch.autograd.Function):
     """y = x A^T + b with the input gradient g A; A is a constant (attacks differentiate w.r.t. the input)."""
 
@@ -69,14 +116,12 @@ class DenseConv2d(nn.Module):
         super().__init__()
         self.conv = conv
         self.in_chw = tuple(in_chw)
-        c, h, w = self.in_chw
         with torch.no_grad():
-            weight = conv.weight.detach()
-            probes = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device)
-            probes = probes.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # one-hot inputs in (H, W, C) order
-            response = conv._conv_forward(probes, weight, None)  # (in_features, C_out, H_out, W_out)
-            self.out_chw = tuple(response.shape[1:])
-            matrix = response.permute(0, 2, 3, 1).reshape(c * h * w, -1).t().contiguous()
+            if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+                matrix = dense_matrix_from_weights(conv, self.in_chw)
+            else:
+                matrix = dense_matrix_from_responses(conv, self.in_chw)
+            self.out_chw = _output_chw(conv, self.in_chw)
             bias = None
             if conv.bias is not None:
                 bias = conv.bias.detach().repeat(self.out_chw[1] * self.out_chw[2]).contiguous()
@@ -104,9 +149,7 @@ def dense_convolution_pays(conv: nn.Conv2d, in_chw: tuple[int, int, int], max_en
     c, h, w = in_chw
     kh, kw = conv.kernel_size
     in_features = c * h * w
-    # output size of the convolution, as torch computes it
-    oh = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
-    ow = (w + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
+    _, oh, ow = _output_chw(conv, in_chw)
     if oh < 1 or ow < 1:
         return False
     out_features = conv.out_channels * oh * ow

@@ -5,41 +5,53 @@
 with weights from a checkpoint file, a URL, or a published source by name (:mod:`robustarch.zoo.weights`).
 Each family file (``vgg.py``, ``darts.py``, ...) registers its entries with
 :func:`robustarch.zoo._registry.register_model`; adding a model is one file plus one registration.
+
+Importing this package costs no torch: the family files are imported the first time the registry is read,
+and :class:`Normalized` and the checkpoint helpers when first used, so the dataset table
+(:data:`DATASETS`, :func:`dataset_shape`) is free to read.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import json
 import logging
 import os
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from robustarch.errors import RobustarchError, UnknownNameError
-from robustarch.zoo._checkpoint import (
-    check_weight_file,
-    file_sha256,
-    load_state_dict_strict,
-    read_checkpoint,
-    remap_keys,
-    save_checkpoint,
-    save_safetensors,
+from robustarch.lazy import lazy_exports
+from robustarch.zoo._registry import (
+    DATASETS,
+    FAMILY_MODULES,
+    PARAMETER_COUNTS_FILE,
+    ModelSpec,
+    all_specs,
+    dataset_shape,
+    get_spec,
+    stored_parameter_counts,
 )
-from robustarch.zoo._normalize import Normalized
-from robustarch.zoo._registry import DATASETS, ModelSpec, all_specs, dataset_shape, get_spec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from robustarch.zoo._normalize import Normalized
 
 log = logging.getLogger(__name__)
 
-# Each module registers its models on import.
-FAMILY_MODULES = ("vgg", "resnet", "densenet", "darts", "nsga_net", "densenas")
-for _module in FAMILY_MODULES:
-    importlib.import_module(f"{__name__}.{_module}")
-
-from robustarch.zoo import weights  # noqa: E402 - the registry checks names against the models above
-
-_weights_registry = weights  # load()'s parameter is called weights too
+# public names defined in torch-importing submodules, imported when first read
+_LAZY = {
+    "Normalized": "_normalize",
+    "check_weight_file": "_checkpoint",
+    "file_sha256": "_checkpoint",
+    "load_state_dict_strict": "_checkpoint",
+    "read_checkpoint": "_checkpoint",
+    "remap_keys": "_checkpoint",
+    "save_checkpoint": "_checkpoint",
+    "save_safetensors": "_checkpoint",
+    "looks_like_source": "weights",  # and the registry module itself: robustarch.zoo.weights
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "DATASETS",
@@ -50,18 +62,22 @@ __all__ = [
     "build_kwargs",
     "check_weight_file",
     "count_parameters",
+    "dataset_shape",
     "file_sha256",
     "get_spec",
     "list_models",
     "list_specs",
     "load",
     "load_state_dict_strict",
+    "measure_parameter_counts",
+    "parameter_count",
     "read_checkpoint",
     "remap_keys",
     "save_checkpoint",
     "save_safetensors",
     "unwrap",
     "weights",
+    "write_parameter_counts",
 ]
 
 
@@ -120,6 +136,10 @@ def load(
     them unless the caller passes overrides. ``allow_pickle=True`` lets ``torch.load`` unpickle arbitrary
     objects: only for trusted files. Without ``weights`` the network keeps its random initialisation.
     """
+    from robustarch.zoo import weights as registry
+    from robustarch.zoo._checkpoint import load_state_dict_strict, read_checkpoint, remap_keys
+    from robustarch.zoo._normalize import Normalized
+
     if "pretrained" in overrides:
         raise RobustarchError(
             "load() has no pretrained= argument: pass weights=True for the registry's default source, a "
@@ -133,13 +153,13 @@ def load(
         )
     entry = None
     path = None
-    if weights is True or (weights is not None and _weights_registry.looks_like_source(weights)):
-        entry = _weights_registry.lookup(name, dataset, weights)  # type: ignore[arg-type]
-        path = _weights_registry.fetch(entry, download=download).path
+    if weights is True or (weights is not None and registry.looks_like_source(weights)):
+        entry = registry.lookup(name, dataset, weights)  # type: ignore[arg-type]
+        path = registry.fetch(entry, download=download).path
         name = entry.zoo_name
         overrides = {**entry.build_overrides(path), **overrides}
     elif weights is not None:
-        path = _weights_registry.resolve(name, dataset, weights, download=download)
+        path = registry.resolve(name, dataset, weights, download=download)
     spec = get_spec(name, dataset)
     shape = dataset_shape(dataset)
     state = None
@@ -169,6 +189,10 @@ def load(
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare network inside ``model``: removes robustarch's :class:`Normalized`, ``nn.DataParallel`` /
     ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    from torch import nn
+
+    from robustarch.zoo._normalize import Normalized
+
     while True:
         if isinstance(model, Normalized):
             model = model.net
@@ -202,3 +226,52 @@ def count_parameters(model: nn.Module, *, exclude_auxiliary: bool = False) -> in
     return sum(
         p.numel() for n, p in unwrap(model).named_parameters() if not (exclude_auxiliary and "auxiliary" in n)
     )
+
+
+def parameter_count(name: str, dataset: str) -> int | None:
+    """Parameters of ``build(name, dataset)`` with the registered defaults, read from
+    ``configs/parameter_counts.json`` instead of building the network; None for an entry that cannot be
+    built without arguments (the generic ``densenas`` needs a net_config). An entry the file does not list
+    (registered after it was written) is counted on the meta device, which allocates nothing."""
+    get_spec(name, dataset)  # unknown names raise UnknownNameError with close names
+    stored = stored_parameter_counts().get(dataset, {})
+    if name in stored:
+        return stored[name]
+    log.debug("no stored parameter count for %s/%s; counting it", name, dataset)
+    return _count_on_meta(name, dataset)
+
+
+def _count_on_meta(name: str, dataset: str) -> int | None:
+    import torch
+
+    from robustarch.errors import RobustarchError
+
+    try:
+        with torch.device("meta"):  # shapes only: even VGG16's 138M parameters cost nothing
+            return count_parameters(build(name, dataset))
+    except RobustarchError:  # an entry that needs arguments
+        return None
+
+
+def measure_parameter_counts() -> dict[str, dict[str, int | None]]:
+    """``{dataset: {model name: count}}`` for every registered entry and every dataset of its family,
+    counted by building each network on the meta device: what ``configs/parameter_counts.json`` holds."""
+    counts: dict[str, dict[str, int | None]] = {}
+    for dataset in DATASETS:
+        counts[dataset] = {s.name: _count_on_meta(s.name, dataset) for s in list_specs(dataset)}
+    return counts
+
+
+def write_parameter_counts() -> None:
+    """Rewrite ``configs/parameter_counts.json`` from :func:`measure_parameter_counts` (after adding or
+    changing a registry entry; ``tests/test_zoo_registry.py`` fails until then)."""
+    data: dict[str, Any] = {
+        "_format": (
+            "elements of robustarch.zoo.build(name, dataset).parameters() with the registered defaults "
+            "(auxiliary heads included, buffers excluded), per dataset and model name; null: the entry "
+            "needs arguments to build. Written by robustarch.zoo.write_parameter_counts()."
+        ),
+        **measure_parameter_counts(),
+    }
+    PARAMETER_COUNTS_FILE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    stored_parameter_counts.cache_clear()

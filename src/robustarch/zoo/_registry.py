@@ -1,18 +1,31 @@
 """The model registry: one :class:`ModelSpec` per (architecture, dataset family).
 
-Every architecture file registers its entries with :func:`register_model`. ``robustarch.zoo.build`` /
+Every architecture file of :data:`FAMILY_MODULES` registers its entries with :func:`register_model`; they are
+imported the first time the registry is read (:func:`get_spec`, :func:`all_specs`), so the dataset table and
+the stored parameter counts (``configs/parameter_counts.json``) need no torch. ``robustarch.zoo.build`` /
 ``load`` / ``list_models`` are the only doors in; nothing else looks models up by name.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from torch import nn
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from robustarch.errors import RobustarchError, UnknownNameError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# The architecture files; each registers its models when imported.
+FAMILY_MODULES = ("vgg", "resnet", "densenet", "darts", "nsga_net", "densenas")
+# Parameter counts of every (entry, dataset) with the registered defaults, as data: listing the zoo must
+# not build every network. tests/test_zoo_registry.py recomputes each one.
+PARAMETER_COUNTS_FILE = Path(__file__).with_name("configs") / "parameter_counts.json"
 
 DatasetFamily = Literal["cifar", "imagenet"]
 
@@ -196,8 +209,15 @@ def register_cifar_and_torchvision(
         )
 
 
+def _register_families() -> None:
+    """Import every architecture file (each registers its entries); a no-op once they are imported."""
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"robustarch.zoo.{module}")
+
+
 def get_spec(name: str, dataset: str) -> ModelSpec:
     shape = dataset_shape(dataset)
+    _register_families()
     try:
         return _REGISTRY[(name, shape.family)]
     except KeyError:
@@ -206,4 +226,13 @@ def get_spec(name: str, dataset: str) -> ModelSpec:
 
 
 def all_specs() -> list[ModelSpec]:
+    _register_families()
     return list(_REGISTRY.values())
+
+
+@cache
+def stored_parameter_counts() -> dict[str, dict[str, int | None]]:
+    """``{dataset: {model name: count}}`` from :data:`PARAMETER_COUNTS_FILE` (None: the entry needs
+    arguments to build); keys starting with ``_`` document the format."""
+    data = json.loads(PARAMETER_COUNTS_FILE.read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
