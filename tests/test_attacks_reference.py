@@ -42,9 +42,26 @@ def test_fgsm_matches_torchattacks(setup, profile: str, eps: float) -> None:
 )
 def test_pgd_without_random_start_matches_torchattacks(setup, profile, eps, alpha, steps) -> None:
     model, x, y, _ = setup
-    ours = ra.create("pgd", profile, eps=eps, alpha=alpha, steps=steps, random_start=False)(model, x, y)
+    # the standard profile without early stopping: every example to the final iterate, as torchattacks
+    old = {"early_stop": False} if profile == "standard" else {}
+    ours = ra.create("pgd", profile, eps=eps, alpha=alpha, steps=steps, random_start=False, **old)(
+        model, x, y
+    )
     ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
     assert max_diff(ours, ref) <= ATOL
+
+
+@pytest.mark.parametrize(("eps", "alpha"), [(8 / 255, 2 / 255), (8 / 255, 8 / 255)])
+def test_pgd_early_stop_is_torchattacks_until_an_example_breaks(setup, eps: float, alpha: float) -> None:
+    """With early stopping (the standard default) an example no iterate breaks follows torchattacks'
+    trajectory to the end; every example torchattacks' final iterate breaks is broken too."""
+    model, x, y, _ = setup
+    ours = ra.create("pgd", eps=eps, alpha=alpha, steps=10, random_start=False)(model, x, y)
+    ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=10, random_start=False)(x, y)
+    with torch.no_grad():
+        broken, ref_broken = model(ours).argmax(1) != y, model(ref).argmax(1) != y
+    assert bool((broken | ~ref_broken).all())
+    assert max_diff(ours[~broken], ref[~broken]) <= ATOL
 
 
 def test_same_seed_gives_same_noise_as_torchattacks() -> None:
