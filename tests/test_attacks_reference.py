@@ -98,16 +98,24 @@ def test_standard_rfgsm_matches_torchattacks_one_step_on_any_image(setup) -> Non
 
 
 @pytest.mark.parametrize(("eps", "alpha", "steps"), [(8 / 255, 1 / 255, 0), (0.05, 0.01, 6)])
-def test_standard_stepll_matches_bim_least_likely(setup, eps: float, alpha: float, steps: int) -> None:
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_standard_stepll_matches_bim_least_likely(
+    setup, eps: float, alpha: float, steps: int, early_stop
+) -> None:
     model, x, y, _ = setup
-    ours = ra.create("stepll", "standard", eps=eps, alpha=alpha, steps=steps)(model, x, y)
+    attack = ra.create("stepll", "standard", eps=eps, alpha=alpha, steps=steps, early_stop=early_stop)
+    ours = attack(model, x, y)
     bim = torchattacks.BIM(model, eps=eps, alpha=alpha, steps=steps)
     bim.set_mode_targeted_least_likely(quiet=True)
     ref = bim(x, y)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
+        broken, ref_broken = model(ours).argmax(1) != y, model(ref).argmax(1) != y
     assert int(correct.sum()) > len(y) // 2
-    assert max_diff(ours[correct], ref[correct]) <= ATOL
+    # without early stopping: BIM's iterates; with it: BIM's until an example breaks, and never weaker
+    same = correct & ~broken if early_stop else correct
+    assert max_diff(ours[same], ref[same]) <= ATOL
+    assert bool((broken | ~(ref_broken & correct)).all())
     assert torch.equal(ours[~correct], x[~correct])  # already-misclassified examples are left alone
 
 
