@@ -13,7 +13,7 @@ Square and the AutoAttack cascade; L-inf and (``norm="L2"``, standard profile) L
 tensors; see ``docs/attacks.md``.
 """
 
-from robustarch.attacks import apgd, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
+from robustarch.attacks import apgd, autoattack, fgsm, pgd, rfgsm, square, stepll  # noqa: F401  (registration)
 from robustarch.attacks._base import (
     L2_EPS_DEFAULT,
     NORMS,
