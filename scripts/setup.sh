@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install robustarch into it. Usage: scripts/setup.sh [--test]
-#   --test  also install the test tools and the test-only attack oracle (torchattacks 3.5.1).
+#   --test  also install the test tools and the test-only attack oracles: torchattacks 3.5.1 and
+#           AutoAttack's own code (pyautoattack 0.2.0: imports only torch and numpy, declares no
+#           dependencies; its 42 MB wheel carries an example checkpoint the tests do not use).
 # Why torch 2.13.0: a CPU wheel of it ships on our development/CI machines (pip's find-links picks it up
 # without a download), and the conformance fixtures were computed with it. On a machine without that wheel
 # pip takes torch from the registry (the CUDA build; it also runs on CPU).
@@ -18,7 +20,7 @@ if [ "${1:-}" = "--test" ]; then
   bash scripts/system-deps.sh dataset-fashion-mnist chromium
   pip_install -e ".[test]"
   pip_install --no-deps "torchattacks==3.5.1"
-  pip_install --no-deps "pyautoattack==0.2.0"  # AutoAttack's own code: the FAB / cascade oracle
+  pip_install --no-deps "pyautoattack==0.2.0"  # AutoAttack's own code: the FAB and cascade oracle
 else
   bash scripts/system-deps.sh dataset-fashion-mnist
   pip_install -e .

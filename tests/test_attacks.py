@@ -30,13 +30,36 @@ FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 # attack added later) run with their defaults.
 FAST = {
     "apgd-ce": {"steps": 10},
+    "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 5, "n_target_classes": 2},
     "square": {"queries": 50},
     "fab": {"steps": 10},
     "fab-t": {"steps": 10, "n_target_classes": 2},
+    "autoattack": {"steps": 5, "n_target_classes": 2, "queries": 50},
 }
 PAIRS = [(name, profile) for name in ra.list_attacks() for profile in ra.attack_profiles(name)]
-IDS = [f"{n}-{p}" for n, p in PAIRS]
+
+
+def _cases() -> list:
+    """Every attack x profile with its defaults, then with each other value of each enumerated parameter
+    the class declares (``norm="L2"``, Square's ``variant``, AutoAttack's ``version``), one at a time; a
+    configuration this installation cannot build (a cascade whose stage is not registered) is skipped
+    with the registry's reason."""
+    cases = []
+    for name, profile in PAIRS:
+        cls = ra.attack_class(name)
+        variants: list[dict] = [{}]
+        for key, values in cls.parameter_choices(profile).items():
+            variants += [{key: v} for v in values if v != cls.defaults[profile][key]]
+        for params in variants:
+            reason = ra.unavailable_reason(name, **params)
+            tag = "".join(f"-{v}" for v in params.values())
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            cases.append(pytest.param(name, profile, params, id=f"{name}-{profile}{tag}", marks=marks))
+    return cases
+
+
+CASES = _cases()
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -104,13 +127,21 @@ def make(name: str, profile: str, **params: object) -> ra.Attack:
     return ra.create(name, profile, **{**FAST.get(name, {}), **params})
 
 
+def norms(adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-example perturbation sizes in the threat model's norm."""
+    delta = (adv - x).flatten(1)
+    return delta.norm(dim=1) if norm == "L2" else delta.abs().amax(1)
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 # ---- registry -----------------------------------------------------------------------------------------
 def test_registry_lists_the_study_attacks_and_stronger_ones() -> None:
-    assert {"fgsm", "rfgsm", "stepll", "pgd", "apgd-ce", "apgd-t", "square"} <= set(ra.list_attacks())
+    assert {"fgsm", "rfgsm", "stepll", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack"} <= set(
+        ra.list_attacks()
+    )
     assert set(ra.list_attacks("paper")) == {"fgsm", "rfgsm", "stepll", "pgd"}
     for name in ra.list_attacks():
         assert "standard" in ra.attack_profiles(name)
@@ -126,6 +157,11 @@ def test_registry_lists_the_study_attacks_and_stronger_ones() -> None:
         (lambda: ra.create("pgd", random_strat=True), "random_start"),
         (lambda: ra.preset("standrd", "cifar10"), "standard"),
         (lambda: ra.attack_profiles("squar"), "square"),
+        (lambda: ra.create("pgd", norm="l2"), "L2"),
+        (lambda: ra.create("apgd-ce", norm="linf"), "Linf"),
+        (lambda: ra.create("square", variant="autoatack"), "autoattack"),
+        (lambda: ra.create("autoattack", version="rnd"), "rand"),
+        (lambda: ra.preset("autoattak", "cifar10"), "autoattack"),
     ],
 )
 def test_unknown_names_suggest_close_names(call, suggestion: str) -> None:
@@ -157,6 +193,11 @@ def test_paper_profile_only_for_the_study_attacks() -> None:
         ("apgd-ce", {"rho": 2.0}, "rho must be <= 1"),
         ("apgd-t", {"n_target_classes": 0}, "n_target_classes must be >= 1"),
         ("square", {"queries": 0}, "queries must be >= 1"),
+        ("pgd", {"eot_samples": 0}, "eot_samples must be >= 1"),
+        ("apgd-ce", {"early_stop": 1}, "True or False"),
+        ("fgsm", {"eps": 1.5, "norm": "L2"}, "parameter of attack 'fgsm'"),
+        ("pgd", {"eps": -0.5, "norm": "L2"}, "eps must be >= 0"),
+        ("autoattack", {"version": "rand", "steps": 0}, "steps must be >= 1"),
         ("fgsm", {"mean": (0.5,)}, "both mean and std"),
         ("fgsm", {"mean": (0.5,), "std": (0.5,)}, "only used with emulate_normalized_inputs"),
     ],
@@ -172,10 +213,10 @@ def test_paper_pgd_runs_once() -> None:
 
 
 # ---- input validation -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
-def test_inputs_outside_unit_range_are_refused(setup, name: str, profile: str) -> None:
+@pytest.mark.parametrize(("name", "profile", "variant"), CASES)
+def test_inputs_outside_unit_range_are_refused(setup, name: str, profile: str, variant: dict) -> None:
     model, x, y = setup
-    attack = make(name, profile)
+    attack = make(name, profile, **variant)
     normalized = (x - FASHION_MEAN[0]) / FASHION_STD[0]
     with pytest.raises(RobustarchError, match=r"must lie in \[0,1\]"):
         attack(model, normalized, y)
@@ -211,12 +252,12 @@ def test_model_in_training_mode_is_refused(setup) -> None:
 
 
 # ---- properties for every attack x profile ----------------------------------------------------------------
-@pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
-def test_properties(setup, name: str, profile: str) -> None:
+@pytest.mark.parametrize(("name", "profile", "variant"), CASES)
+def test_properties(setup, name: str, profile: str, variant: dict) -> None:
     model, x, y = setup
     x_before, y_before = x.clone(), y.clone()
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
-    attack = make(name, profile)
+    attack = make(name, profile, **variant)
     result = attack.run(model, x, y, generator=gen(1))
     adv = result.adv
     # shape, range, dtype; caller's tensors and model untouched
@@ -225,11 +266,12 @@ def test_properties(setup, name: str, profile: str) -> None:
     assert torch.equal(x, x_before) and torch.equal(y, y_before) and not x.requires_grad
     assert not model.training
     assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
-    # realized norms are reported and (standard profile) within the budget
-    linf = (adv - x).flatten(1).abs().amax(1)
-    assert torch.allclose(result.linf, linf) and result.eps == attack.params["eps"]
+    # realized norms are reported and (standard profile) within the budget of the threat model's norm
+    assert torch.allclose(result.linf, norms(adv, x, "Linf")) and result.eps == attack.params["eps"]
+    assert torch.allclose(result.l2, norms(adv, x, "L2")) and result.norm == attack.traits.norm
     if profile == "standard":
-        assert result.linf_max <= attack.params["eps"] + 1e-6
+        assert float(norms(adv, x, result.norm).max()) <= attack.params["eps"] * (1 + 1e-6) + 1e-7
+        assert result.norm_max == pytest.approx(float(norms(adv, x, result.norm).max()), rel=1e-6)
     # the attack does not help the model, and (at the standard budget) it works on the trained model
     clean, robust = accuracy(model, x, y), accuracy(model, adv, y)
     if (name, profile) != ("stepll", "paper"):
@@ -240,22 +282,22 @@ def test_properties(setup, name: str, profile: str) -> None:
         assert robust < clean
 
 
-@pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
-def test_eps_zero_gives_back_clean_images(setup, name: str, profile: str) -> None:
+@pytest.mark.parametrize(("name", "profile", "variant"), CASES)
+def test_eps_zero_gives_back_clean_images(setup, name: str, profile: str, variant: dict) -> None:
     model, x, y = setup
-    zero = {"eps": 0.0}
-    if "alpha" in ra.create(name, profile).params:
+    zero = {**variant, "eps": 0.0}
+    if "alpha" in ra.create(name, profile, **variant).params:
         zero["alpha"] = 0.0
     adv = make(name, profile, **zero)(model, x, y, generator=gen(2))
     assert torch.equal(adv, x)
     assert accuracy(model, adv, y) == accuracy(model, x, y)
 
 
-@pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
-def test_reproducible_from_a_generator(setup, name: str, profile: str) -> None:
+@pytest.mark.parametrize(("name", "profile", "variant"), CASES)
+def test_reproducible_from_a_generator(setup, name: str, profile: str, variant: dict) -> None:
     model, x, y = setup
     x, y = x[:16], y[:16]
-    attack = make(name, profile)
+    attack = make(name, profile, **variant)
     a1 = attack(model, x, y, generator=gen(7))
     a2 = attack(model, x, y, generator=gen(7))
     assert torch.equal(a1, a2)
@@ -281,15 +323,16 @@ class PassCounter(nn.Module):
         return self.model(x)
 
 
-@pytest.mark.parametrize(("name", "profile"), PAIRS, ids=IDS)
-def test_declared_traits_hold(setup, name: str, profile: str) -> None:
+@pytest.mark.parametrize(("name", "profile", "variant"), CASES)
+def test_declared_traits_hold(setup, name: str, profile: str, variant: dict) -> None:
     """What each attack class declares about itself (randomized, per-example, pass counts) is what it does:
     the engine skips examples and the cost estimate counts passes from these declarations alone."""
     model, x, y = setup
     x, y = x[:16], y[:16]
-    attack = make(name, profile)
+    attack = make(name, profile, **variant)
     traits = attack.traits
-    assert traits.box in ("white", "black") and traits.norm in ("Linf", "L2")
+    assert traits.box in ("white", "black") and traits.norm in ra.NORMS
+    assert traits.norm == variant.get("norm", "Linf") and (traits.norm == "L2") == ("L2" in attack.describe())
     assert attack.title and "{" not in attack.describe() and attack.describe().startswith(attack.title)
     a1, a2 = attack(model, x, y, generator=gen(1)), attack(model, x, y, generator=gen(2))
     assert torch.equal(a1, a2) != traits.randomized  # a randomized attack uses its generator, others not

@@ -42,9 +42,26 @@ def test_fgsm_matches_torchattacks(setup, profile: str, eps: float) -> None:
 )
 def test_pgd_without_random_start_matches_torchattacks(setup, profile, eps, alpha, steps) -> None:
     model, x, y, _ = setup
-    ours = ra.create("pgd", profile, eps=eps, alpha=alpha, steps=steps, random_start=False)(model, x, y)
+    # the standard profile without early stopping: every example to the final iterate, as torchattacks
+    old = {"early_stop": False} if profile == "standard" else {}
+    ours = ra.create("pgd", profile, eps=eps, alpha=alpha, steps=steps, random_start=False, **old)(
+        model, x, y
+    )
     ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
     assert max_diff(ours, ref) <= ATOL
+
+
+@pytest.mark.parametrize(("eps", "alpha"), [(8 / 255, 2 / 255), (8 / 255, 8 / 255)])
+def test_pgd_early_stop_is_torchattacks_until_an_example_breaks(setup, eps: float, alpha: float) -> None:
+    """With early stopping (the standard default) an example no iterate breaks follows torchattacks'
+    trajectory to the end; every example torchattacks' final iterate breaks is broken too."""
+    model, x, y, _ = setup
+    ours = ra.create("pgd", eps=eps, alpha=alpha, steps=10, random_start=False)(model, x, y)
+    ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=10, random_start=False)(x, y)
+    with torch.no_grad():
+        broken, ref_broken = model(ours).argmax(1) != y, model(ref).argmax(1) != y
+    assert bool((broken | ~ref_broken).all())
+    assert max_diff(ours[~broken], ref[~broken]) <= ATOL
 
 
 def test_same_seed_gives_same_noise_as_torchattacks() -> None:
@@ -81,16 +98,24 @@ def test_standard_rfgsm_matches_torchattacks_one_step_on_any_image(setup) -> Non
 
 
 @pytest.mark.parametrize(("eps", "alpha", "steps"), [(8 / 255, 1 / 255, 0), (0.05, 0.01, 6)])
-def test_standard_stepll_matches_bim_least_likely(setup, eps: float, alpha: float, steps: int) -> None:
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_standard_stepll_matches_bim_least_likely(
+    setup, eps: float, alpha: float, steps: int, early_stop
+) -> None:
     model, x, y, _ = setup
-    ours = ra.create("stepll", "standard", eps=eps, alpha=alpha, steps=steps)(model, x, y)
+    attack = ra.create("stepll", "standard", eps=eps, alpha=alpha, steps=steps, early_stop=early_stop)
+    ours = attack(model, x, y)
     bim = torchattacks.BIM(model, eps=eps, alpha=alpha, steps=steps)
     bim.set_mode_targeted_least_likely(quiet=True)
     ref = bim(x, y)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
+        broken, ref_broken = model(ours).argmax(1) != y, model(ref).argmax(1) != y
     assert int(correct.sum()) > len(y) // 2
-    assert max_diff(ours[correct], ref[correct]) <= ATOL
+    # without early stopping: BIM's iterates; with it: BIM's until an example breaks, and never weaker
+    same = correct & ~broken if early_stop else correct
+    assert max_diff(ours[same], ref[same]) <= ATOL
+    assert bool((broken | ~(ref_broken & correct)).all())
     assert torch.equal(ours[~correct], x[~correct])  # already-misclassified examples are left alone
 
 

@@ -1,11 +1,13 @@
 """The attack engine: the study's FGSM, R-FGSM, StepLL and PGD in two profiles (``paper`` = torchattacks 1.3
-semantics as the study ran them, ``standard`` = correct modern semantics), plus APGD-CE, APGD-T and Square.
+semantics as the study ran them, ``standard`` = correct modern semantics), plus APGD-CE, APGD-DLR, APGD-T,
+Square and the AutoAttack cascade; L-inf and (``norm="L2"``, standard profile) L2.
 
 >>> import robustarch.attacks as ra
 >>> attack = ra.create("pgd", eps=8/255, steps=10)          # standard profile
 >>> adv = attack(model, images, labels, generator=torch.Generator().manual_seed(0))
 >>> result = attack.run(model, images, labels)              # adv plus realized norms
 >>> ra.preset("paper")                                       # the study's four attacks
+>>> ra.preset("autoattack", "cifar10")                       # AutoAttack "standard" as one attack
 
 ``emulate_normalized_inputs=True`` (any attack) reproduces the released code's flaw of attacking normalized
 tensors; see ``docs/attacks.md``.
@@ -22,10 +24,12 @@ from typing import Any
 from robustarch.lazy import lazy_exports
 
 # one file per attack; each registers its class on import
-ATTACK_MODULES = ("apgd", "fab", "fgsm", "pgd", "rfgsm", "square", "stepll")
+ATTACK_MODULES = ("apgd", "autoattack", "fab", "fgsm", "pgd", "rfgsm", "square", "stepll")
 
 # public name -> the submodule that defines it, imported when the name is first read
 _EXPORTS = {
+    "L2_EPS_DEFAULT": "_base",
+    "NORMS": "_base",
     "Attack": "_base",
     "AttackResult": "_base",
     "AttackTraits": "_base",
@@ -45,8 +49,14 @@ _EXPORTS = {
     "from_record": "_registry",
     "list_attacks": "_registry",
     "register_attack": "_registry",
+    "unavailable_reason": "_registry",
 }
-_TABLES = {"PRESETS", "PROFILES"}  # plain data: no attack needs to be registered to read them
+_TABLES = {
+    "PRESETS",
+    "PROFILES",
+    "NORMS",
+    "L2_EPS_DEFAULT",
+}  # plain data: no attack needs to be registered to read them
 __all__ = sorted(_EXPORTS)
 _lazy_getattr, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 

@@ -27,6 +27,12 @@ Model = Callable[[Tensor], Tensor]
 # Parameters every attack accepts, next to its own.
 COMMON_PARAMS: dict[str, Any] = {"emulate_normalized_inputs": False, "mean": None, "std": None}
 
+# Threat-model norms an attack's ``norm`` parameter may take (AutoAttack's and RobustBench's spelling).
+NORMS: tuple[str, ...] = ("Linf", "L2")
+# The L2 budget an attack defaults to with ``norm="L2"``: RobustBench's CIFAR-10 L2 threat model (its
+# model_info/cifar10/L2/*.json record eps 0.5; it keeps no L2 leaderboard for CIFAR-100 or ImageNet).
+L2_EPS_DEFAULT = 0.5
+
 
 @dataclass(frozen=True)
 class AttackTraits:
@@ -79,6 +85,7 @@ class AttackResult:
     l2: Tensor  # per-example realized L2 norm, pixel units
     emulated_normalized_inputs: bool = False
     extras: Mapping[str, Any] = field(default_factory=dict)
+    norm: str = "Linf"  # the threat model's norm, which ``eps`` bounds
 
     @property
     def linf_max(self) -> float:
@@ -88,12 +95,26 @@ class AttackResult:
     def linf_max_255(self) -> float:
         return self.linf_max * 255.0
 
+    @property
+    def l2_max(self) -> float:
+        return float(self.l2.max()) if self.l2.numel() else 0.0
+
+    @property
+    def norm_max(self) -> float:
+        """The largest realized perturbation in the threat model's own norm (what ``eps`` bounds)."""
+        return self.l2_max if self.norm == "L2" else self.linf_max
+
     def summary(self) -> str:
         flaw = " [EMULATED NORMALIZED-INPUT FLAW]" if self.emulated_normalized_inputs else ""
+        mean_l2 = float(self.l2.mean()) if self.l2.numel() else 0.0
+        if self.norm == "L2":
+            return (
+                f"{self.attack}/{self.profile}: nominal L2 eps {self.eps:.6g}, realized L2 max "
+                f"{self.l2_max:.6g}, mean L2 {mean_l2:.4g}, L-inf max {self.linf_max:.6g}{flaw}"
+            )
         return (
             f"{self.attack}/{self.profile}: nominal eps {self.eps:.6g} ({self.eps * 255:.3g}/255), realized "
-            f"L-inf max {self.linf_max:.6g} ({self.linf_max_255:.3g}/255), mean L2 "
-            f"{float(self.l2.mean()) if self.l2.numel() else 0.0:.4g}{flaw}"
+            f"L-inf max {self.linf_max:.6g} ({self.linf_max_255:.3g}/255), mean L2 {mean_l2:.4g}{flaw}"
         )
 
 
@@ -154,6 +175,9 @@ class Attack:
     box: ClassVar[str] = "white"
     targeted: ClassVar[bool] = False
     iterative: ClassVar[bool] = True
+    # enumerated parameters and the values they may take, besides ``norm`` (NORMS, wherever the profile has
+    # it): checked at construction; the registry-wide tests run every value
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, profile: str = "standard", **params: Any):
         if profile not in self.profiles:
@@ -163,7 +187,10 @@ class Attack:
         for key in params:
             if key not in allowed:
                 raise UnknownNameError(f"parameter of attack {self.name!r} ({profile} profile)", key, allowed)
-        merged = {**allowed, **params}
+        for key, values in self.parameter_choices(profile).items():
+            if key in params and params[key] not in values:
+                raise UnknownNameError(f"{key} of attack {self.name!r}", str(params[key]), values)
+        merged = {**allowed, **self.implied_defaults(params), **params}
         self.emulate_normalized_inputs = bool(merged.pop("emulate_normalized_inputs"))
         self.mean, self.std = merged.pop("mean"), merged.pop("std")
         if (self.mean is None) != (self.std is None):
@@ -214,19 +241,43 @@ class Attack:
             raise RobustarchError(f"{self.name}: {key} must be True or False, got {getattr(self, key)!r}")
 
     def _validate_common(self) -> None:
+        # an L2 budget may exceed 1 (the L2 diameter of [0,1]^d is sqrt(d)); an L-inf one may not
+        max_budget = None if self.threat_norm() == "L2" else 1.0
         if "eps" in self._params:
-            self._check_number("eps", 0.0, 1.0)
+            self._check_number("eps", 0.0, max_budget)
         if "alpha" in self._params:
-            self._check_number("alpha", 0.0, 1.0)
+            self._check_number("alpha", 0.0, max_budget)
         if "steps" in self._params:
             self._check_int("steps", 0)
         if "restarts" in self._params:
             self._check_int("restarts", 1)
-        if "random_start" in self._params:
-            self._check_bool("random_start")
+        for key in ("random_start", "early_stop"):
+            if key in self._params:
+                self._check_bool(key)
+        if "eot_samples" in self._params:
+            self._check_int("eot_samples", 1)
+
+    def implied_defaults(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults that depend on the parameters the caller ``given`` (and override the profile's), e.g. the
+        L2 budget where ``norm="L2"``; a parameter the caller passes is never overridden."""
+        if given.get("norm") == "L2" and "eps" not in given and "eps" in self.defaults[self.profile]:
+            return {"eps": L2_EPS_DEFAULT}
+        return {}
 
     def validate(self) -> None:
         """Attack-specific parameter checks (raise RobustarchError)."""
+
+    @classmethod
+    def parameter_choices(cls, profile: str = "standard") -> dict[str, tuple[str, ...]]:
+        """The enumerated parameters of ``profile`` and their allowed values (``norm`` where it has one)."""
+        norm = {"norm": NORMS} if "norm" in cls.defaults[profile] else {}
+        return {**norm, **cls.choices}
+
+    @classmethod
+    def unavailable_reason(cls, **params: Any) -> str | None:
+        """Why this attack cannot be built in this installation (with ``params``), or None: e.g. a cascade
+        whose stage attack is not registered. Tests over the registry skip with this reason."""
+        return None
 
     # ---- what the attack is like --------------------------------------------------------------------------
     def randomized(self) -> bool:
@@ -240,6 +291,16 @@ class Attack:
     def forward_passes(self) -> int:
         """Forward-only passes per example, at most (besides the gradient passes)."""
         return 0
+
+    @property
+    def eot(self) -> int:
+        """Forwards averaged per input gradient (Expectation over Transformation; 1 = a plain gradient)."""
+        return int(self._params.get("eot_samples", 1))
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether an example stops being attacked once misclassified (iterative attacks, ``early_stop``)."""
+        return bool(self._params.get("early_stop", False)) and self.iterative
 
     def threat_norm(self) -> str:
         """The threat model's norm: the ``norm`` parameter of attacks that offer several, else L-inf."""
@@ -265,7 +326,7 @@ class Attack:
         number (L2), and what is unusual (the study's profile, the emulated flaw)."""
         title = self._title()
         parts = [self._budget_text()] if "eps" in self._params else []
-        parts += self._describe_extra()
+        parts += self._describe_extra() + self._describe_common()
         if self.profile == "paper":
             parts.append("paper profile")
         if self.emulate_normalized_inputs:
@@ -284,7 +345,7 @@ class Attack:
         if self.emulate_normalized_inputs:  # eps is in normalized units: no pixel budget to state
             return f"eps {eps:g}"
         if self.threat_norm() == "L2":
-            return f"L2 {eps:.3g}"
+            return f"L2 {eps:.4g}"
         # the study's numbers as the paper prints them, with what they mean in pixels
         return f"eps {eps:g} = {budget_255(eps)}" if self.profile == "paper" else budget_255(eps)
 
@@ -292,9 +353,19 @@ class Attack:
         """Attack-specific details for :meth:`describe` (e.g. PGD's step size and random start)."""
         return []
 
+    def _describe_common(self) -> list[str]:
+        """The details every gradient attack shares: EoT and the old behaviour without early stopping."""
+        out = [f"EoT {self.eot}"] if self.eot > 1 else []
+        if self.iterative and self._params.get("early_stop") is False:
+            out.append("no early stop")
+        return out
+
     def _amount(self, value: float) -> str:
-        """A step size as :meth:`describe` writes it: in /255, or as given where it is in normalized units."""
-        return f"{value:g}" if self.emulate_normalized_inputs else budget_255(value)
+        """A step size as :meth:`describe` writes it: in /255 (L-inf), as a number (L2), or as given where it
+        is in normalized units."""
+        if self.emulate_normalized_inputs or self.threat_norm() == "L2":
+            return f"{value:.4g}"
+        return budget_255(value)
 
     # ---- calling ----------------------------------------------------------------------------------------
     def __call__(
@@ -328,6 +399,7 @@ class Attack:
             l2=delta.norm(dim=1),
             emulated_normalized_inputs=self.emulate_normalized_inputs,
             extras=extras,
+            norm=self.threat_norm(),
         )
         log.debug("%s", result.summary())
         return result
@@ -417,3 +489,65 @@ def randint(high: int, shape: Sequence[int], generator: torch.Generator | None, 
 def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     """Projection onto the L-inf eps-ball around ``x`` intersected with [0,1]."""
     return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+
+def l2_norms(t: Tensor) -> Tensor:
+    """Per-example L2 norms of a batch, shaped ``(N, 1, ..., 1)`` to broadcast against it."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def l2_unit(t: Tensor) -> Tensor:
+    """Each example scaled to unit L2 norm, ``t / (||t||_2 + 1e-10)`` (the steepest-ascent direction of an
+    L2 step, as Madry et al.'s code and torchattacks' PGDL2 write it)."""
+    return t / (l2_norms(t) + 1e-10)
+
+
+def into_l2_ball(delta: Tensor, eps: float) -> Tensor:
+    """``delta * min(1, eps / ||delta||_2)`` per example: the closest point of the L2 eps-ball."""
+    norms = l2_norms(delta)
+    factor = torch.where(norms > eps, eps / norms.clamp_min(1e-30), torch.ones_like(norms))
+    return delta * factor
+
+
+def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Projection onto the L2 eps-ball around ``x``, then onto [0,1] (as torchattacks' PGDL2 and Madry et
+    al.'s code: the two projections in this order, not the exact projection onto their intersection)."""
+    return (x + into_l2_ball(x_adv - x, eps)).clamp(0.0, 1.0)
+
+
+def project_norm(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Projection onto the ``norm`` eps-ball around ``x`` intersected with [0,1]."""
+    return project_l2(x_adv, x, eps) if norm == "L2" else project(x_adv, x, eps)
+
+
+def iterate_with_early_stop(
+    x_start: Tensor,
+    labels: Tensor,
+    steps: int,
+    gradient: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    step: Callable[[Tensor, Tensor, Tensor], Tensor],
+    early_stop: bool,
+) -> Tensor:
+    """``steps`` iterations ``x_{k+1} = step(x_k, grad_k, rows)`` from ``x_start``; the final iterate.
+
+    ``gradient(x_k, rows) -> (logits at x_k, input gradient)`` and ``step`` work on the rows ``rows`` of the
+    batch still attacked. With ``early_stop`` an example whose logits at ``x_k`` misclassify it (argmax !=
+    label) is returned at that ``x_k`` and dropped from the batch (only unbroken examples go through the
+    model again), so it stays broken under the robust metric: never weaker than running every example to
+    the end, and cheaper."""
+    out = x_start.clone()
+    rows = torch.arange(len(x_start), device=x_start.device)
+    cur = x_start
+    for _ in range(steps):
+        logits, grad = gradient(cur, rows)
+        if early_stop:
+            broken = logits.argmax(1) != labels[rows]
+            if bool(broken.any()):
+                out[rows[broken]] = cur[broken]
+                keep = ~broken
+                rows, cur, grad = rows[keep], cur[keep], grad[keep]
+                if not len(rows):
+                    return out
+        cur = step(cur, grad, rows)
+    out[rows] = cur
+    return out

@@ -7,6 +7,11 @@
 - ``standard``: correct attacks at the budget the field reports (RobustBench: L-inf 8/255 on CIFAR-family
   data, 4/255 on ImageNet; ``robustarch.data.DATASETS``): FGSM, R-FGSM, StepLL, PGD-10, APGD-CE, APGD-T,
   Square, and a PGD eps sweep.
+- ``autoattack`` / ``autoattack-l2``: AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square) as one attack
+  (key = the preset's name) at RobustBench's budget: L-inf as ``standard``; L2 0.5 on CIFAR-10 (RobustBench
+  has no L2 leaderboard for the other datasets: pass ``eps=``).
+- ``autoattack-rand`` / ``autoattack-rand-l2``: AutoAttack "rand" (APGD-CE and APGD-DLR with EoT over 20
+  forwards), for randomized models.
 
 :func:`standard_attack` is the one rule for an attack named without parameters on a dataset: the standard
 preset's configuration of it there (so ``--attacks pgd`` and ``--preset standard`` attack ImageNet at the
@@ -21,7 +26,8 @@ from typing import Any
 from robustarch.attacks._registry import constructor_params, create
 from robustarch.errors import RobustarchError, UnknownNameError
 
-PRESETS = ("paper", "paper-defaults", "standard")
+PRESETS = ("paper", "paper-defaults", "standard", "autoattack", "autoattack-l2", "autoattack-rand",
+           "autoattack-rand-l2")  # fmt: skip
 
 # numerators of eps/255 for the standard eps sweep, per dataset family
 SWEEP_255 = {"cifar": (1, 2, 4, 8, 16), "imagenet": (0.5, 1, 2, 4, 8)}
@@ -29,6 +35,16 @@ SWEEP_255 = {"cifar": (1, 2, 4, 8, 16), "imagenet": (0.5, 1, 2, 4, 8)}
 BUDGET_SHARE = {"pgd": {"alpha": 0.25}, "rfgsm": {"alpha": 0.5}}
 # the standard preset's own parameters beyond the budget
 STANDARD_FIXED = {"stepll": {"alpha": 1 / 255, "steps": 0}, "pgd": {"steps": 10}}
+# RobustBench's L2 budgets, per dataset (model_info/cifar10/L2/*.json: eps 0.5; CIFAR-10 as JPEG holds the
+# same images); RobustBench keeps no L2 leaderboard for CIFAR-100 or ImageNet
+L2_BUDGET = {"cifar10": 0.5, "cifar10-jpeg": 0.5}
+# autoattack presets: name -> (AutoAttack version, norm)
+AUTOATTACK_PRESETS = {
+    "autoattack": ("standard", "Linf"),
+    "autoattack-l2": ("standard", "L2"),
+    "autoattack-rand": ("rand", "Linf"),
+    "autoattack-rand-l2": ("rand", "L2"),
+}
 
 
 def dataset_budget(dataset: str) -> tuple[str, float]:
@@ -80,9 +96,30 @@ def _defaults(name: str) -> dict[str, Any]:
     return dict(attack_class(name).defaults.get("standard", {}))
 
 
+def _autoattack(name: str, dataset: str | None, common: dict[str, Any]) -> dict[str, Any]:
+    version, norm = AUTOATTACK_PRESETS[name]
+    eps = common.pop("eps", None)
+    if eps is None:
+        if dataset is None:
+            raise RobustarchError(f"preset {name!r} needs a dataset (it sets the budget) or eps=")
+        budget = dataset_budget(dataset)[1]  # an unknown dataset is an error that suggests close names
+        if norm == "L2":
+            if dataset not in L2_BUDGET:
+                raise RobustarchError(
+                    f"preset {name!r}: RobustBench reports no L2 budget for {dataset!r} (only for "
+                    f"{', '.join(L2_BUDGET)}: 0.5); pass eps=, e.g. preset({name!r}, {dataset!r}, eps=0.5)"
+                )
+            budget = L2_BUDGET[dataset]
+        eps = budget
+    return {name: create("autoattack", eps=eps, norm=norm, version=version, **common)}
+
+
 def preset(name: str, dataset: str | None = None, **common: Any) -> dict[str, Any]:
-    """The attacks of preset ``name`` as an ordered ``{key: Attack}``. ``standard`` needs ``dataset`` (it
-    sets the budget); ``common`` parameters (e.g. ``emulate_normalized_inputs=True``) go to every attack."""
+    """The attacks of preset ``name`` as an ordered ``{key: Attack}``. ``standard`` and the ``autoattack``
+    presets need ``dataset`` (it sets the budget; the ``autoattack`` ones take ``eps=`` instead); ``common``
+    parameters (e.g. ``emulate_normalized_inputs=True``) go to every attack."""
+    if name in AUTOATTACK_PRESETS:
+        return _autoattack(name, dataset, dict(common))
     if name == "paper":
         return {
             "fgsm": create("fgsm", "paper", eps=0.007, **common),

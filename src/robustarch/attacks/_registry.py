@@ -46,6 +46,12 @@ def attack_profiles(name: str) -> tuple[str, ...]:
     return tuple(attack_class(name).profiles)  # type: ignore[attr-defined]
 
 
+def unavailable_reason(name: str, **params: Any) -> str | None:
+    """Why attack ``name`` (with ``params``) cannot be built here, or None (e.g. ``autoattack`` before the
+    FAB attack it runs is registered)."""
+    return attack_class(name).unavailable_reason(**params)  # type: ignore[attr-defined]
+
+
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise UnknownNameError("attack profile", str(profile), PROFILES)

@@ -1,7 +1,9 @@
 """FGSM: Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing Adversarial Examples".
 
 ``x_adv = clip01(x + eps * sign(grad_x CE(f(x), y)))``; realized L-inf = eps (less where clipping binds).
-Both profiles are the same formula; they differ only in the default eps (the study's 0.007 vs 8/255).
+Both profiles are the same formula; they differ in the default eps (the study's 0.007 vs 8/255), and the
+``standard`` profile offers ``eot_samples`` (the gradient averaged over that many forwards, for randomized
+models).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ class FGSM(Attack):
     title = "FGSM"
     iterative = False
     paper = "Goodfellow et al. 2015, Explaining and Harnessing Adversarial Examples (arXiv:1412.6572)"
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {"paper": {"eps": 0.007}, "standard": {"eps": 8 / 255}}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"eps": 0.007},
+        "standard": {"eps": 8 / 255, "eot_samples": 1},
+    }
 
     def gradient_passes(self) -> int:
-        return 1
+        return self.eot
 
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
     ) -> Tensor:
-        _, _, grad = loss_and_grad(model, x, y)
+        _, _, grad = loss_and_grad(model, x, y, samples=self.eot)
         return (x + self.eps * grad.sign()).clamp(0.0, 1.0)

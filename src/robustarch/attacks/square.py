@@ -1,37 +1,62 @@
-"""Square Attack (L-inf, score-based black box): Andriushchenko, Croce, Flammarion & Hein 2020, "Square
-Attack: a query-efficient black-box adversarial attack via random search" (ECCV 2020), Algorithm 1/2.
+"""Square Attack (score-based black box, L-inf and L2): Andriushchenko, Croce, Flammarion & Hein 2020, "Square
+Attack: a query-efficient black-box adversarial attack via random search" (ECCV 2020), Algorithms 1-3.
 
-Uses only the model's scores, never its gradients. Start: vertical stripes ``x + eps * s``, one random sign
-per (channel, column). Each iteration proposes, for every still-unbroken example, a square window of side
-``round(sqrt(p * H * W))`` (at least 1, at most H-1) at a random position whose perturbation is set to a
-random sign per channel (``+-eps`` around ``x``, re-drawn when it would change nothing), and keeps it when the
-margin loss ``z_y - max_{j != y} z_j`` decreases. ``p`` starts at ``p_init`` and is halved after 10, 50, 200,
-500, 1000, 2000, 4000, 6000 and 8000 of every 10,000 iterations. An example stops being queried once its
-margin is negative (misclassified). ``queries`` counts model evaluations per example, the start included.
+Uses only the model's scores, never its gradients. A proposal is kept when the margin
+``z_y - max_{j != y} z_j`` decreases; an example stops being queried once its margin is <= 0
+(misclassified). The square's area ``p`` (a fraction of the image) starts at ``p_init`` and is halved after
+iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000.
 
-Random draws, in order: per restart, the stripe signs ``(N, C, 1, W)``; then per iteration the window row
-and column for each unbroken example and its signs ``(n, C)``, plus re-draws for no-op proposals.
+Two variants (``variant``):
+
+- ``"square"`` (default), as the authors' reference code: every example draws its own window (any position)
+  and signs each iteration; an L-inf proposal that would change nothing is re-drawn (up to 10 times); the
+  halving iterations are rescaled to the budget (``it * 10000 / queries``); ``queries`` counts model
+  evaluations per example, the start included.
+- ``"autoattack"``, as AutoAttack "standard" runs it (``square.py`` of fra31/auto-attack with
+  ``resc_schedule=False``; used by the ``autoattack`` cascade): one window position (and, L-inf, one sign
+  per channel) per iteration shared by the batch, drawn as AutoAttack draws them (positions
+  ``int(U * (H - s))``, so never the last row/column); no re-draws; the halving iterations as written,
+  not rescaled (with 5000 queries ``p`` is last halved at iteration 4000); ``queries`` iterations after the
+  start, so up to ``queries + 1`` evaluations per example.
+
+L-inf start: vertical stripes ``x + eps * s``, one random sign per (channel, column); proposals set a square
+window of side ``round(sqrt(p * H * W))`` to ``x +- eps`` (one sign per channel). L2 (Algorithm 3): the start
+is a grid of 5x5-ish squares carrying the paper's centred "eta" pattern with random signs, scaled to norm
+eps; a proposal moves the perturbation mass of a second window into the first (odd side >= 3), refilled
+with a fresh eta pattern so that the total norm stays eps (AutoAttack's L2 code, with per-example windows in
+the ``square`` variant). L2 needs images of at least 5x5.
+
+Random draws, in order, per restart: the start's signs (L-inf ``(N, C, 1, W)``; L2 per grid square: the
+pattern's transpose coin then ``(N, C)`` signs), then per iteration: ``square``/L-inf: row, column
+``(n,)``, signs ``(n, C)`` and re-draws; ``square``/L2: rows and columns of the two windows ``(n,)`` each,
+the transpose coins ``(n,)``, signs ``(n, C)``; ``autoattack``: AutoAttack's own order (row, column, [second
+row, column, coin,] signs), each a ``rand`` mapped as AutoAttack maps it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from robustarch.attacks._base import Attack, Model, rand, randint
-from robustarch.attacks._loss import per_example_loss
 from robustarch.attacks._registry import register_attack
 from robustarch.errors import RobustarchError
 
 _HALVING = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+VARIANTS = ("square", "autoattack")
+
+Proposal = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
-def square_fraction(p_init: float, it: int, n_iters: int) -> float:
-    """The fraction of pixels a square covers at iteration ``it`` of ``n_iters`` (the paper's schedule)."""
-    scaled = int(it / max(n_iters, 1) * 10000)
+def square_fraction(p_init: float, it: int, n_iters: int, rescale: bool = True) -> float:
+    """The fraction of pixels a square covers at iteration ``it``: the paper's schedule, defined for 10,000
+    iterations and (``rescale``) stretched to ``n_iters``."""
+    scaled = int(it / max(n_iters, 1) * 10000) if rescale else it
     return p_init / 2 ** sum(scaled > h for h in _HALVING)
 
 
@@ -39,9 +64,74 @@ def _signs(shape: tuple[int, ...], generator: torch.Generator | None, like: Tens
     return torch.where(rand(shape, generator, like) < 0.5, -1.0, 1.0).to(like.dtype)
 
 
+def _aa_signs(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """AutoAttack's ``random_choice``: ``sign(2u - 1)``."""
+    return torch.sign(2 * rand(shape, generator, like) - 1)
+
+
+def _aa_int(high: int, generator: torch.Generator | None, like: Tensor) -> int:
+    """AutoAttack's ``random_int(0, high)``: ``int(high * u)``, in ``[0, high - 1]`` (0 when high is 0)."""
+    return int((high * rand((1,), generator, like)).long())
+
+
+def _margin(logits: Tensor, y: Tensor) -> Tensor:
+    """``z_y - max_{j != y} z_j`` (negative: misclassified)."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    return true - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
+def _norms(t: Tensor) -> Tensor:
+    """Per-example L2 norms as AutoAttack writes them, shaped ``(N, 1, 1, 1)``."""
+    return (t**2).flatten(1).sum(-1).sqrt().view(-1, 1, 1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _rectangles(rows: int, cols: int) -> Tensor:
+    """The L2 attack's centred pattern on a ``rows x cols`` rectangle: nested rings of weight 1/(ring+1)^2,
+    unit norm (Andriushchenko et al. 2020, Sec. 3.2; AutoAttack's ``eta_rectangles``)."""
+    delta = torch.zeros(rows, cols)
+    r_c, c_c = rows // 2 + 1, cols // 2 + 1
+    r0, c0 = r_c - 1, c_c - 1
+    for ring in range(max(r_c, c_c)):
+        weight = 1.0 / (torch.tensor([[float(ring + 1)]]) ** 2)
+        delta[max(r0, 0) : min(r0 + 2 * ring + 1, rows), max(0, c0) : min(c0 + 2 * ring + 1, cols)] += weight
+        r0, c0 = r0 - 1, c0 - 1
+    return delta / (delta**2).sum(dim=(0, 1), keepdim=True).sqrt()
+
+
+@functools.lru_cache(maxsize=64)
+def eta_pattern(s: int) -> Tensor:
+    """The L2 proposal's ``s x s`` pattern: the centred pattern on the top half, its negative on the bottom
+    half, unit norm (before the random transpose)."""
+    delta = torch.zeros(s, s)
+    delta[: s // 2] = _rectangles(s // 2, s)
+    delta[s // 2 :] = -1.0 * _rectangles(s - s // 2, s)
+    return delta / (delta**2).sum(dim=(0, 1), keepdim=True).sqrt()
+
+
+def _windows(rows: Tensor, cols: Tensor, s: int, h: int, w: int) -> Tensor:
+    """Boolean masks ``(m, 1, H, W)`` of the ``s x s`` windows with top-left corners ``(rows, cols)``."""
+    r = torch.arange(h, device=rows.device).view(1, 1, h, 1)
+    c = torch.arange(w, device=rows.device).view(1, 1, 1, w)
+    r0, c0 = rows.view(-1, 1, 1, 1), cols.view(-1, 1, 1, 1)
+    return (r >= r0) & (r < r0 + s) & (c >= c0) & (c < c0 + s)
+
+
+def _window_index(rows: Tensor, cols: Tensor, s: int, channels: int) -> tuple[Tensor, ...]:
+    """Advanced-indexing tuple selecting each example's ``s x s`` window: ``t[idx]`` is ``(m, C, s, s)``."""
+    m, ar = len(rows), torch.arange(s, device=rows.device)
+    return (
+        torch.arange(m, device=rows.device).view(m, 1, 1, 1),
+        torch.arange(channels, device=rows.device).view(1, channels, 1, 1),
+        (rows.view(m, 1) + ar).view(m, 1, s, 1),
+        (cols.view(m, 1) + ar).view(m, 1, 1, s),
+    )
+
+
 @register_attack
 class Square(Attack):
-    """Square Attack (L-inf). Parameters: ``eps``, ``queries`` (per example), ``p_init``, ``restarts``."""
+    """Square Attack (L-inf or L2). Parameters: ``eps``, ``queries`` (per example), ``p_init``, ``restarts``,
+    ``norm``, ``variant`` (``square`` or ``autoattack``, module docstring)."""
 
     name = "square"
     title = "Square"
@@ -51,8 +141,16 @@ class Square(Attack):
         "Andriushchenko et al. 2020, Square Attack: a query-efficient black-box adversarial attack via "
         "random search (arXiv:1912.00049)"
     )
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"variant": VARIANTS}
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "standard": {"eps": 8 / 255, "queries": 5000, "p_init": 0.8, "restarts": 1}
+        "standard": {
+            "eps": 8 / 255,
+            "queries": 5000,
+            "p_init": 0.8,
+            "restarts": 1,
+            "norm": "Linf",
+            "variant": "square",
+        }
     }
 
     def validate(self) -> None:
@@ -71,51 +169,151 @@ class Square(Attack):
         return 1 + self.restarts * (self.queries + 1)
 
     def _describe_extra(self) -> list[str]:
-        return [f"{self.queries} queries"] + ([f"{self.restarts} restarts"] if self.restarts > 1 else [])
+        extra = [f"{self.queries} queries"] + ([f"{self.restarts} restarts"] if self.restarts > 1 else [])
+        return extra + (["AutoAttack schedule"] if self.variant == "autoattack" else [])
 
-    def _margin(self, model: Model, x: Tensor, y: Tensor) -> Tensor:
+    @property
+    def _shared(self) -> bool:
+        return self.variant == "autoattack"
+
+    def _p(self, it: int) -> float:
+        return square_fraction(self.p_init, it, self.queries, rescale=not self._shared)
+
+    # ---- the random search --------------------------------------------------------------------------
+    def _search(
+        self, model: Model, x: Tensor, y: Tensor, x_best: Tensor, propose: Proposal
+    ) -> tuple[Tensor, Tensor]:
+        """Random search from ``x_best``: ``propose(it, idx, x[idx], x_best[idx])`` gives the candidates of
+        the still-unbroken examples ``idx``; a candidate is kept where it lowers the margin."""
         with torch.no_grad():
-            return -per_example_loss(model(x), y, "margin")
+            margin = _margin(model(x_best), y)
+        queries = torch.ones(len(x), device=x.device)
+        iterations = range(self.queries) if self._shared else range(1, self.queries)
+        for it in iterations:
+            idx = torch.nonzero(margin > 0).flatten()
+            if not len(idx):
+                break
+            cand = propose(it, idx, x[idx], x_best[idx])
+            with torch.no_grad():
+                new_margin = _margin(model(cand), y[idx])
+            queries[idx] += 1
+            improved = new_margin < margin[idx]
+            x_best[idx[improved]] = cand[improved]
+            margin[idx[improved]] = new_margin[improved]
+        return x_best, queries
 
     def _run(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        n, c, h, w = x.shape
+        if self.threat_norm() == "L2":
+            start, propose = self._l2_start(x, generator), self._l2_proposal(x.shape, generator)
+        elif self._shared:
+            start, propose = self._linf_start(x, generator, _aa_signs), self._linf_aa_proposal(x, generator)
+        else:
+            start, propose = self._linf_start(x, generator, _signs), self._linf_proposal(x, generator)
+        return self._search(model, x, y, start, propose)
+
+    # ---- L-inf ------------------------------------------------------------------------------------------
+    def _linf_start(
+        self, x: Tensor, generator: torch.Generator | None, signs: Callable[..., Tensor]
+    ) -> Tensor:
+        n, c, _, w = x.shape
+        return (x + self.eps * signs((n, c, 1, w), generator, x)).clamp(0.0, 1.0)
+
+    def _linf_proposal(self, x_all: Tensor, generator: torch.Generator | None) -> Proposal:
+        _, c, h, w = x_all.shape
         eps = self.eps
-        lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-        best = torch.minimum(torch.maximum(x + eps * _signs((n, c, 1, w), generator, x), lo), hi)
-        margin = self._margin(model, best, y)
-        queries = torch.ones(n, device=x.device)
-        rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
-        cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
-        for it in range(1, self.queries):
-            idx = torch.nonzero(margin > 0).flatten()
-            if not len(idx):
-                break
-            side = round(math.sqrt(square_fraction(self.p_init, it, self.queries) * h * w))
+
+        def propose(it: int, idx: Tensor, x: Tensor, cur: Tensor) -> Tensor:
+            side = round(math.sqrt(self._p(it) * h * w))
             side = max(1, min(side, h - 1, w - 1)) if min(h, w) > 1 else 1
             m = len(idx)
-            r0 = randint(h - side + 1, (m,), generator, x).view(m, 1, 1, 1)
-            c0 = randint(w - side + 1, (m,), generator, x).view(m, 1, 1, 1)
-            window = (rows >= r0) & (rows < r0 + side) & (cols >= c0) & (cols < c0 + side)
-            xi, cur = x[idx], best[idx]
-            cand = cur
-            pending = torch.ones(m, dtype=torch.bool, device=x.device)
+            r0 = randint(h - side + 1, (m,), generator, x)
+            c0 = randint(w - side + 1, (m,), generator, x)
+            window = _windows(r0, c0, side, h, w)
+            lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+            cand, pending = cur, torch.ones(m, dtype=torch.bool, device=x.device)
             for _ in range(10):  # re-draw proposals that would leave the window unchanged
                 signs = _signs((m, c), generator, x).view(m, c, 1, 1)
-                prop = torch.where(window, xi + eps * signs, cur)
-                prop = torch.minimum(torch.maximum(prop, lo[idx]), hi[idx])
+                prop = torch.minimum(torch.maximum(torch.where(window, x + eps * signs, cur), lo), hi)
                 cand = torch.where(pending.view(m, 1, 1, 1), prop, cand)
-                same = ((cand - cur).abs().flatten(1).amax(1) < 1e-7) & pending
-                pending = same
+                pending = ((cand - cur).abs().flatten(1).amax(1) < 1e-7) & pending
                 if not bool(pending.any()):
                     break
-            new_margin = self._margin(model, cand, y[idx])
-            queries[idx] += 1
-            improved = new_margin < margin[idx]
-            best[idx[improved]] = cand[improved]
-            margin[idx[improved]] = new_margin[improved]
-        return best, queries
+            return cand
+
+        return propose
+
+    def _linf_aa_proposal(self, x_all: Tensor, generator: torch.Generator | None) -> Proposal:
+        _, c, h, w = x_all.shape
+        eps = self.eps
+
+        def propose(it: int, idx: Tensor, x: Tensor, cur: Tensor) -> Tensor:
+            s = min(max(round(math.sqrt(self._p(it) * (c * h * w) / c)), 1), min(h, w))
+            vh, vw = _aa_int(h - s, generator, x), _aa_int(w - s, generator, x)
+            step = torch.zeros((c, h, w), device=x.device, dtype=x.dtype)
+            step[:, vh : vh + s, vw : vw + s] = 2.0 * eps * _aa_signs((c, 1, 1), generator, x)
+            return torch.clamp(torch.min(torch.max(cur + step, x - eps), x + eps), 0.0, 1.0)
+
+        return propose
+
+    # ---- L2 ---------------------------------------------------------------------------------------------
+    def _l2_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        n, c, h, w = x.shape
+        if min(h, w) < 5:
+            raise RobustarchError(f"square with norm='L2' needs images of at least 5x5, got {h}x{w}")
+        s = h // 5
+        first = (h - s * 5) // 2
+        delta = torch.zeros_like(x)
+        for vh in range(first, first + s * (h // s), s):
+            for vw in range(first, first + s * (w // s), s):
+                pattern = self._patterns(s, n, generator, x)
+                signs = (_aa_signs if self._shared else _signs)((n, c, 1, 1), generator, x)
+                delta[:, :, vh : vh + s, vw : vw + s] += pattern * signs
+        return torch.clamp(x + delta / (_norms(delta) + 1e-12) * self.eps, 0.0, 1.0)
+
+    def _patterns(self, s: int, m: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        """``(m or 1, 1, s, s)`` eta patterns, each transposed on a coin (one coin for a shared window)."""
+        eta = eta_pattern(s).to(device=like.device, dtype=like.dtype)
+        coins = rand((1 if self._shared else m,), generator, like) > 0.5
+        return torch.where(coins.view(-1, 1, 1, 1), eta.t(), eta)
+
+    def _l2_positions(self, high: int, m: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        if self._shared:
+            return torch.full((m,), _aa_int(high, generator, like), device=like.device, dtype=torch.long)
+        return randint(high + 1, (m,), generator, like)
+
+    def _l2_proposal(self, shape: torch.Size, generator: torch.Generator | None) -> Proposal:
+        _, c, h, w = shape
+        eps = self.eps
+
+        def propose(it: int, idx: Tensor, x: Tensor, cur: Tensor) -> Tensor:
+            m = len(idx)
+            s = max(round(math.sqrt(self._p(it) * (c * h * w) / c)), 3)
+            s = min(s + 1 if s % 2 == 0 else s, min(h, w))
+            delta = cur - x
+            r1, c1 = (self._l2_positions(h - s, m, generator, x), self._l2_positions(w - s, m, generator, x))
+            first = _window_index(r1, c1, s, c)
+            r2, c2 = (self._l2_positions(h - s, m, generator, x), self._l2_positions(w - s, m, generator, x))
+            both = (_windows(r1, c1, s, h, w) | _windows(r2, c2, s, h, w)).to(x.dtype)
+            norm_first = (delta[first] ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
+            norm_image = _norms(delta)
+            norm_both = ((delta * both) ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
+            fresh = torch.ones((m, c, s, s), device=x.device, dtype=x.dtype)
+            pattern = self._patterns(s, m, generator, x)
+            signs = (_aa_signs if self._shared else _signs)((m, c, 1, 1), generator, x)
+            fresh = fresh * (pattern * signs)
+            fresh = fresh + delta[first] / (1e-12 + norm_first)
+            # the mass of both windows plus what the budget still allows, spread over the first window
+            budget = torch.clamp(torch.full_like(norm_image, eps) ** 2 - norm_image**2, min=0.0)
+            budget = (budget / c + norm_both**2).sqrt()
+            fresh = fresh / (1e-12 + (fresh**2).sum(dim=(-2, -1), keepdim=True).sqrt()) * budget
+            delta = delta.clone()
+            delta[_window_index(r2, c2, s, c)] = 0.0
+            delta[first] = fresh
+            return torch.clamp(x + delta / (_norms(delta) + 1e-12) * eps, 0.0, 1.0)
+
+        return propose
 
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
@@ -124,7 +322,8 @@ class Square(Attack):
         if self.eps == 0:  # nothing to search; every proposal would be a no-op
             extras["queries"] = torch.zeros(len(x), device=x.device)
             return adv
-        todo = torch.nonzero(self._margin(model, x, y) > 0).flatten()
+        with torch.no_grad():
+            todo = torch.nonzero(model(x).argmax(1) == y).flatten()
         total_queries = torch.zeros(len(x), device=x.device)
         for _ in range(self.restarts):
             if not len(todo):
@@ -132,7 +331,8 @@ class Square(Attack):
             out, q = self._run(model, x[todo], y[todo], generator)
             adv[todo] = out
             total_queries[todo] += q
-            todo = todo[self._margin(model, out, y[todo]) > 0]
+            with torch.no_grad():
+                todo = todo[model(out).argmax(1) == y[todo]]
         extras["queries"] = total_queries
         extras["robust"] = len(todo)
         return adv

@@ -5,7 +5,9 @@ Physical World" (ILLC). A targeted iterative attack whose target is the least-li
   ``x_{k+1} = Proj_{eps-ball(x) & [0,1]}(x_k - alpha * sign(grad CE(f(x_k), t)))``; realized L-inf <= eps.
   Examples the model already misclassifies are returned unchanged (as AutoAttack does): they count as
   errors anyway, and a step towards another wrong class could flip them to correct, so that accuracy under
-  attack would exceed clean accuracy.
+  attack would exceed clean accuracy. ``early_stop`` (default on): an example stops being stepped at the
+  first iterate that misclassifies it, which is returned (never weaker under the robust metric); the rest
+  of the batch runs without it. ``eot_samples``: gradients averaged over that many forwards.
 - ``paper`` (torchattacks 1.3): target = plain argmin of the clean logits (the true label is *not*
   excluded); each step is clipped to the eps-ball around the *current* iterate, so the ball never binds and
   the realized L-inf is ``n * alpha``.
@@ -21,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from robustarch.attacks._base import Attack, Model, project
+from robustarch.attacks._base import Attack, Model, iterate_with_early_stop, project
 from robustarch.attacks._loss import loss_and_grad
 from robustarch.attacks._registry import register_attack
 
@@ -41,7 +43,7 @@ class StepLL(Attack):
     paper = "Kurakin et al. 2017, Adversarial Examples in the Physical World (arXiv:1607.02533)"
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"eps": 0.01, "alpha": 0.003, "steps": 0},
-        "standard": {"eps": 8 / 255, "alpha": 1 / 255, "steps": 0},
+        "standard": {"eps": 8 / 255, "alpha": 1 / 255, "steps": 0, "early_stop": True, "eot_samples": 1},
     }
 
     @property
@@ -49,7 +51,7 @@ class StepLL(Attack):
         return self.steps or auto_steps(self.eps)
 
     def gradient_passes(self) -> int:
-        return self.n_steps
+        return self.n_steps * self.eot
 
     def forward_passes(self) -> int:
         return 1  # the least-likely class at the clean input
@@ -65,20 +67,30 @@ class StepLL(Attack):
     ) -> Tensor:
         with torch.no_grad():
             logits = model(x)
-        keep = None
         if self.profile == "standard":
             keep = logits.argmax(1) != y
-            logits = logits.scatter(1, y[:, None], float("inf"))
+            target = logits.scatter(1, y[:, None], float("inf")).argmin(1)
+            extras["target"] = target
+            return torch.where(keep[:, None, None, None], x, self._standard(model, x, y, target))
         target = logits.argmin(1)
         extras["target"] = target
         x_adv = x
         for _ in range(self.n_steps):
             _, _, grad = loss_and_grad(model, x_adv, y, target=target, targeted=True)
-            if self.profile == "standard":
-                x_adv = project(x_adv + self.alpha * grad.sign(), x, self.eps)
-            else:
-                # 1.3 clipped to the eps-ball around the current iterate (a no-op unless alpha > eps)
-                x_adv = project(x_adv + self.alpha * grad.sign(), x_adv, self.eps)
-        if keep is not None:
-            x_adv = torch.where(keep[:, None, None, None], x, x_adv)
+            # 1.3 clipped to the eps-ball around the current iterate (a no-op unless alpha > eps)
+            x_adv = project(x_adv + self.alpha * grad.sign(), x_adv, self.eps)
         return x_adv
+
+    def _standard(self, model: Model, x: Tensor, y: Tensor, target: Tensor) -> Tensor:
+        """The standard profile's steps, each projected onto the eps-ball around ``x``."""
+
+        def gradient(x_k: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+            logits, _, grad = loss_and_grad(
+                model, x_k, y[rows], target=target[rows], targeted=True, samples=self.eot
+            )
+            return logits, grad
+
+        def step(x_k: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
+            return project(x_k + self.alpha * grad.sign(), x[rows], self.eps)
+
+        return iterate_with_early_stop(x, y, self.n_steps, gradient, step, self.stops_early)

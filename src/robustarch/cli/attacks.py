@@ -20,9 +20,15 @@ def register(subparsers: Any) -> None:
 
     lst = sub.add_parser("list", help="registered attacks, their profiles and default parameters")
     lst.add_argument(
-        "--preset", help="show the attacks of a preset instead (paper, paper-defaults, standard)"
+        "--preset",
+        help="show the attacks of a preset instead (paper, paper-defaults, standard, autoattack, "
+        "autoattack-l2, autoattack-rand, autoattack-rand-l2)",
     )
-    lst.add_argument("--dataset", default=None, help="dataset for the 'standard' preset (sets the budget)")
+    lst.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset for the 'standard' and 'autoattack*' presets (sets the budget)",
+    )
     lst.set_defaults(func=_list)
 
     bench = sub.add_parser("bench", help="time an attack on a zoo model (images/s)")
@@ -66,8 +72,8 @@ def _list(args: argparse.Namespace) -> int:
                 f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in cls.defaults[profile].items()
             )
-            print(f"{name:8s} {profile:8s} {params}")
-        print(f"{'':8s} {'':8s} {cls.paper}")
+            print(f"{name:10s} {profile:8s} {params}")
+        print(f"{'':10s} {'':8s} {cls.paper}")
     return 0
 
 
