@@ -273,3 +273,16 @@ def test_the_readme_example_runs():
     }
     robust = float(out.stdout.split("8/255) ")[1].split("%")[0])
     assert set(rows) == {"clean", "fgsm", "pgd"} and robust <= min(rows["fgsm"], rows["pgd"]) + 1e-9
+
+
+def test_the_cascade_is_one_run_with_each_stages_contribution(trained):
+    """AutoAttack is stored as one worst-case run; the store keeps, per chunk, how many examples each stage
+    broke, and they add up to the clean-correct examples the cascade broke."""
+    model, _, x, y, _ = trained
+    cascade = ("autoattack", {"steps": 5, "n_target_classes": 2, "queries": 50})
+    res = robustarch.evaluate(model, (x, y), attacks=[cascade], batch_size=BATCH, checks=False)
+    rec = res.records()[1]
+    assert list(rec["contributions"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    clean, robust = res.outcomes("clean"), res.outcomes("autoattack")
+    assert sum(rec["contributions"].values()) == sum(clean) - sum(robust)
+    assert len(res.store.chunk_extras(rec["run_id"])) == N // BATCH

@@ -17,6 +17,7 @@ import robustarch.store._sqlite as store_sqlite
 from robustarch.cli import main
 from robustarch.errors import RobustarchError
 from robustarch.store import (
+    SCHEMA_VERSION,
     RunDamage,
     Store,
     StoreDamagedError,
@@ -473,12 +474,12 @@ def test_a_schema_1_store_is_migrated_and_still_checked(tmp_path):
     path = tmp_path / "old.sqlite"
     store, outs = three_runs(path)
     reference = numbers(store)
-    for column in ("digest", "fingerprint"):  # what a store written by schema 1 looks like
+    for column in ("digest", "fingerprint", "extras"):  # what a store written by schema 1 looks like
         store._db.execute(f"ALTER TABLE chunks DROP COLUMN {column}")
     store._db.execute("PRAGMA user_version=1")
     store.close()
     store = Store(path)
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert store._db.execute("SELECT COUNT(*) FROM chunks WHERE digest IS NULL").fetchone()[0] == 9
     assert (
         numbers(store) == reference

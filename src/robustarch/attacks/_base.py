@@ -175,6 +175,9 @@ class Attack:
     box: ClassVar[str] = "white"
     targeted: ClassVar[bool] = False
     iterative: ClassVar[bool] = True
+    # keys of the result's extras worth keeping with a run (JSON-able per-batch summaries, e.g. a cascade's
+    # contribution per stage); the engine stores them per chunk
+    recorded_extras: ClassVar[tuple[str, ...]] = ()
     # enumerated parameters and the values they may take, besides ``norm`` (NORMS, wherever the profile has
     # it): checked at construction; the registry-wide tests run every value
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}

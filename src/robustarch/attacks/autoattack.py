@@ -63,6 +63,7 @@ class AutoAttack(Attack):
 
     name = "autoattack"
     title = "AutoAttack"
+    recorded_extras = ("contributions", "stage_seconds")
     profiles = ("standard",)
     paper = (
         "Croce & Hein 2020, Reliable evaluation of adversarial robustness with an ensemble of diverse "

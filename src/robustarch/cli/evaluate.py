@@ -271,12 +271,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_results(store: str, run_ids: Sequence[str], fmt: str, *, grid: bool) -> None:
-    from robustarch.evaluation.tables import FORMATTERS, format_grid
+    from robustarch.evaluation.tables import FORMATTERS, format_contributions, format_grid
     from robustarch.store import Store
 
     with Store(store) as s:
         results = [s.result(r) for r in dict.fromkeys(run_ids)]
+        cascades = format_contributions(s, results) if fmt == "table" else ""
     print(format_grid(results) if grid and fmt == "table" else FORMATTERS[fmt](results))
+    if cascades:
+        print(cascades)
     print(f"\nstored in {store} ({len(results)} runs)", file=sys.stderr if fmt != "table" else sys.stdout)
 
 

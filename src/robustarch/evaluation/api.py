@@ -45,7 +45,7 @@ class Results:
         """One dict per run (clean first): ``attack`` (its label), ``params``, ``metric``, ``n``, clean and
         adversarial top-1 and top-5 accuracy (fractions), ``ci95`` (the adversarial top-1's 95% Wilson
         interval, a pair), ``run_id``, and the description, norm, budget, model, dataset and flags."""
-        from robustarch.evaluation.tables import records
+        from robustarch.evaluation.tables import contributions, records
 
         runs = self.runs()
         out = []
@@ -57,6 +57,7 @@ class Results:
                 params=dict(r.attack_params),
                 norm=(r.meta.get("traits") or {}).get("norm"),
                 complete=r.complete,
+                contributions=contributions(self.store, r),
             )
             out.append(rec)
         return out

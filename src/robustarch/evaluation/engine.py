@@ -394,11 +394,12 @@ class Engine:
             if r.is_clean:
                 zeros, every = torch.zeros(len(y)), torch.ones(len(y), dtype=torch.bool)
                 outcomes = _outcomes(ids, y, clean_pred, c1, c5, clean_pred, c1, c5, zeros, zeros, every)
+                extras = None
             else:
-                outcomes = self._attack_chunk(model, r, c, x, y, ids, clean_pred, c1, c5)
+                outcomes, extras = self._attack_chunk(model, r, c, x, y, ids, clean_pred, c1, c5)
                 pause_point("mid-chunk")
             self.store.commit_chunk(
-                r.run_id, c, outcomes, seconds=time.perf_counter() - t1 + clean_s / len(runs)
+                r.run_id, c, outcomes, seconds=time.perf_counter() - t1 + clean_s / len(runs), extras=extras
             )
             self.chunks_committed += 1
             if self.progress is not None:
@@ -415,9 +416,11 @@ class Engine:
         clean_pred: Tensor,
         c1: Tensor,
         c5: Tensor,
-    ) -> list[ExampleOutcome]:
+    ) -> tuple[list[ExampleOutcome], dict[str, Any] | None]:
+        """The chunk's outcomes under the run's attack, and what the attack records beside them."""
         assert r.plan is not None
         n = len(y)
+        recorded: dict[str, Any] | None = None
         attacked = torch.ones(n, dtype=torch.bool, device=y.device)
         if r.skip:
             attacked = c5.clone()
@@ -428,8 +431,10 @@ class Engine:
             xs, ys = (x, y) if len(sel) == n else (x[sel], y[sel])
             gen = torch.Generator().manual_seed(chunk_seed(r.run_id, c))
             with autocast(self.device, self.dtype):
-                adv = r.plan.attack(model, xs, ys, generator=gen)
-            adv = adv.float()
+                result = r.plan.attack.run(model, xs, ys, generator=gen)
+            adv = result.adv.float()
+            keys = r.plan.attack.recorded_extras
+            recorded = {k: result.extras[k] for k in keys if k in result.extras} or None
             delta = (adv - xs).flatten(1)
             with torch.no_grad(), autocast(self.device, self.dtype):
                 logits_adv = model(adv)
@@ -438,7 +443,7 @@ class Engine:
             linf[sel], l2[sel] = delta.abs().amax(1).float(), delta.norm(dim=1).float()
         if r.key.adv_metric == "robust":
             a1, a5 = a1 & c1, a5 & c5
-        return _outcomes(ids, y, clean_pred, c1, c5, adv_pred, a1, a5, linf, l2, attacked)
+        return _outcomes(ids, y, clean_pred, c1, c5, adv_pred, a1, a5, linf, l2, attacked), recorded
 
     # -- finishing ------------------------------------------------------------------------------------
     def finish(self, job: ModelJob) -> list[str]:

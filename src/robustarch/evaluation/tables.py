@@ -116,3 +116,25 @@ def format_csv(results: Sequence[RunResult]) -> str:
 
 
 FORMATTERS = {"table": format_results, "json": format_json, "csv": format_csv}
+
+
+def contributions(store: Any, run: RunResult) -> dict[str, int]:
+    """How many examples each stage of a cascade run broke (summed over its chunks; ``{}`` for a single
+    attack): AutoAttack's per-attack contribution to the worst case."""
+    total: dict[str, int] = {}
+    for extras in store.chunk_extras(run.run_id).values():
+        for stage, count in (extras.get("contributions") or {}).items():
+            total[stage] = total.get(stage, 0) + int(count)
+    return total
+
+
+def format_contributions(store: Any, results: Sequence[RunResult]) -> str:
+    """One line per cascade run: what each stage broke, in order, e.g. ``autoattack: apgd-ce 41, apgd-t 3,
+    fab-t 0, square 1 of 100 examples``."""
+    lines = []
+    for r in results:
+        parts = contributions(store, r)
+        if parts:
+            shown = ", ".join(f"{stage} {n}" for stage, n in parts.items())
+            lines.append(f"{r.meta.get('label', r.attack)}: broken by {shown} (of {r.n} examples)")
+    return "\n".join(lines)

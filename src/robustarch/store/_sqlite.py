@@ -48,7 +48,7 @@ from robustarch.store._types import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_STORE = "robustarch.sqlite"
 # Opening a store runs SQLite's integrity_check for at most this long (about 5 ms per MiB measured, so
 # stores up to a few hundred MiB are checked whole; ``docs/store.md``, "Integrity").
@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS chunks (
     run_id TEXT NOT NULL REFERENCES runs(run_id), chunk_index INTEGER NOT NULL, n INTEGER NOT NULL,
     seconds REAL, writer TEXT NOT NULL, committed_at TEXT NOT NULL, digest TEXT,
-    fingerprint INTEGER,
+    fingerprint INTEGER, extras TEXT,
     PRIMARY KEY (run_id, chunk_index)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS examples (
@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS flags (
 _MIGRATIONS = {
     # 1 -> 2: what a chunk is committed with (``_integrity``); NULL for the chunks committed before
     1: ("ALTER TABLE chunks ADD COLUMN digest TEXT", "ALTER TABLE chunks ADD COLUMN fingerprint INTEGER"),
+    # 2 -> 3: what an attack records about a chunk besides its outcomes (a cascade's contribution per stage)
+    2: ("ALTER TABLE chunks ADD COLUMN extras TEXT",),
 }
 
 _KEY_FIELDS = tuple(f.name for f in fields(RunKey))
@@ -316,9 +318,12 @@ class Store:
         outcomes: Sequence[ExampleOutcome],
         *,
         seconds: float | None = None,
+        extras: dict[str, Any] | None = None,
     ) -> bool:
         """Write one chunk's outcomes in one transaction. Idempotent: a chunk already committed is left as
-        it is (and False returned); a different outcome for it is logged, since runs are deterministic."""
+        it is (and False returned); a different outcome for it is logged, since runs are deterministic.
+        ``extras``: what the attack records about the chunk besides its outcomes (JSON; e.g. how many
+        examples each stage of a cascade broke), read back with :meth:`chunk_extras`."""
         key = self._key(run_id)
         if not 0 <= chunk_index < key.n_chunks:
             raise RobustarchError(f"chunk {chunk_index} outside run {run_id} (0..{key.n_chunks - 1})")
@@ -354,8 +359,18 @@ class Store:
             )
             self._db.execute(
                 "INSERT INTO chunks (run_id, chunk_index, n, seconds, writer, committed_at, digest, "
-                "fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, chunk_index, len(outcomes), seconds, _writer(), _now(), digest, fingerprint),
+                "fingerprint, extras) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    chunk_index,
+                    len(outcomes),
+                    seconds,
+                    _writer(),
+                    _now(),
+                    digest,
+                    fingerprint,
+                    None if extras is None else canonical_json(extras),
+                ),
             )
             pause_point("mid-commit")
         return True
@@ -600,6 +615,14 @@ class Store:
                 self._db.execute(f"DELETE FROM {table} WHERE run_id = ? AND chunk_index = ?", (run_id, c))
         self._db.execute("UPDATE runs SET complete = 0, finished_at = NULL WHERE run_id = ?", (run_id,))
         self._db.execute("DELETE FROM flags WHERE run_id = ?", (run_id,))
+
+    def chunk_extras(self, run_id: str) -> dict[int, dict[str, Any]]:
+        """Per committed chunk of ``run_id``, what its attack recorded besides the outcomes (``{}`` where it
+        recorded nothing)."""
+        rows = self._db.execute(
+            "SELECT chunk_index, extras FROM chunks WHERE run_id = ? AND extras IS NOT NULL", (run_id,)
+        )
+        return {c: json.loads(e) for c, e in rows}
 
     def chunk_seconds(self, run_ids: Iterable[str] | None = None) -> list[tuple[int, float]]:
         """(examples, seconds) of committed chunks that recorded their compute time (ETAs, benchmarks)."""
