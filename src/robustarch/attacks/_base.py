@@ -295,6 +295,12 @@ class Attack:
         """Forward-only passes per example, at most (besides the gradient passes)."""
         return 0
 
+    def reach(self) -> float | None:
+        """How far (L-inf, pixels) the attack's fixed steps can move a pixel in all, where that is a fixed
+        number below which the eps-ball never binds (PGD: ``alpha * steps``); None where the steps adapt
+        or the attack projects every step onto the ball anyway. The budget check reads it."""
+        return None
+
     @property
     def eot(self) -> int:
         """Forwards averaged per input gradient (Expectation over Transformation; 1 = a plain gradient)."""

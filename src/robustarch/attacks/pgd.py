@@ -89,6 +89,11 @@ class PGD(Attack):
     def forward_passes(self) -> int:
         return self.restarts if self.restarts > 1 else 0
 
+    def reach(self) -> float | None:
+        if self.threat_norm() != "Linf":
+            return None
+        return self.alpha * self.steps + (self.eps if self.random_start else 0.0)
+
     def _describe_extra(self) -> list[str]:
         extra = [f"step {self._amount(self.alpha)}"]
         if self.random_start:

@@ -56,6 +56,9 @@ class StepLL(Attack):
     def forward_passes(self) -> int:
         return 1  # the least-likely class at the clean input
 
+    def reach(self) -> float | None:
+        return self.alpha * self.n_steps
+
     def _title(self) -> str:
         return f"StepLL-{self.n_steps}"  # the automatic count (steps=0) too
 

@@ -61,10 +61,15 @@ def store_checks(store: Store, run_ids: Iterable[str] | None = None) -> int:
 
 
 def _budget(store: Store, r: RunResult) -> int:
+    """Check 3: the realized norm against the nominal eps, in the run's own norm (L-inf or L2): overshoot,
+    steps that cannot reach the ball (the attack's declared ``reach``), under half of the budget used."""
     p = r.attack_params
     eps = p.get("eps")
     if eps is None:
         return 0
+    attack = from_record(r.attack, r.profile, p)
+    if attack.traits.norm == "L2":
+        return _budget_l2(store, r, eps)
     if p.get("emulate_normalized_inputs"):
         store.add_flag(
             r.run_id,
@@ -79,14 +84,12 @@ def _budget(store: Store, r: RunResult) -> int:
     if r.n_attacked and r.linf_max > eps + TOL:
         status = "warn"
         notes.append(f"realized L-inf max {r.linf_max:.4g} exceeds eps {eps:.4g} (the ball is not enforced)")
-    steps, alpha = p.get("steps"), p.get("alpha")
-    if r.attack == "stepll" and not steps and alpha:
-        steps = int(min(eps * 255 + 4, 1.25 * eps * 255))
-    if alpha and steps and r.attack != "rfgsm" and alpha * steps < eps - TOL:
+    reach = attack.reach()
+    if reach is not None and reach < eps - TOL:
         status = "warn"
         notes.append(
-            f"alpha*steps = {alpha * steps:.4g} < eps {eps:.4g}: the eps-ball never binds, the "
-            f"effective budget is {alpha * steps:.4g}"
+            f"its steps reach {reach:.4g} < eps {eps:.4g} (alpha x steps): the eps-ball never binds, the "
+            f"effective budget is {reach:.4g}"
         )
     elif r.n_attacked and eps > 0 and r.linf_max < 0.5 * eps:
         status = "warn"
@@ -96,6 +99,21 @@ def _budget(store: Store, r: RunResult) -> int:
         f"({r.linf_max * 255:.3g}/255), mean {r.linf_mean:.4g}"
     ) + ("; " + "; ".join(notes) if notes else "")
     store.add_flag(r.run_id, "budget", status, r.linf_max / eps if eps else None, detail)
+    return 1
+
+
+def _budget_l2(store: Store, r: RunResult, eps: float) -> int:
+    status, notes = "ok", []
+    if r.n_attacked and r.l2_max > eps * (1 + 1e-5) + TOL:
+        status = "warn"
+        notes.append(f"realized L2 max {r.l2_max:.4g} exceeds eps {eps:.4g} (the ball is not enforced)")
+    elif r.n_attacked and eps > 0 and r.l2_max < 0.5 * eps:
+        status = "warn"
+        notes.append(f"realized L2 max {r.l2_max:.4g} uses under half of eps {eps:.4g}")
+    detail = f"nominal L2 eps {eps:.4g}, realized L2 max {r.l2_max:.4g}, mean {r.l2_mean:.4g}"
+    store.add_flag(
+        r.run_id, "budget", status, r.l2_max / eps if eps else None, detail + "".join(f"; {n}" for n in notes)
+    )
     return 1
 
 
