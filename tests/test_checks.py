@@ -129,3 +129,21 @@ def test_a_randomized_model_is_flagged_with_the_eot_advice(setup):
     got = flags(robustarch.evaluate(NoisyLogits(model), (x, y), attacks=["fgsm"], batch_size=N))
     assert got[("clean", "deterministic_forward")]["status"] == "warn"
     assert "eot_samples" in got[("clean", "deterministic_forward")]["detail"]
+
+
+def test_bf16_runs_are_rechecked_in_float32(setup):
+    """dtype bf16 (autocast, also on CPU) is its own run, and each attack run carries the float32 re-check:
+    the same attack and seed on `recheck` examples in both precisions, agreement and accuracy difference."""
+    model, x, y = setup
+    res = robustarch.evaluate(model, (x, y), attacks=["fgsm", "pgd"], batch_size=N, dtype="bf16", recheck=32)
+    assert {r.dtype for r in res.runs()} == {"amp-bfloat16"}
+    fp32 = robustarch.evaluate(model, (x, y), attacks=["fgsm"], batch_size=N)
+    assert res.runs()[0].run_id != fp32.runs()[0].run_id  # the dtype is part of a run's identity
+    got = flags(res)
+    for attack in ("fgsm", "pgd"):
+        recheck = got[(attack, "amp_recheck")]
+        assert recheck["status"] in ("ok", "warn") and 0 <= recheck["value"] <= 1
+        assert (
+            "amp-bfloat16 vs float32 on 32 examples" in recheck["detail"] and "accuracy" in recheck["detail"]
+        )
+    assert ("fgsm", "amp_recheck") not in flags(fp32)

@@ -102,7 +102,13 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     r = ev.add_argument_group("running and output")
     r.add_argument("--batch-size", type=int, default=128)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--dtype", default="float32", help="float32 (default), amp-bfloat16 or amp-float16")
+    r.add_argument(
+        "--dtype",
+        default="float32",
+        help="float32 (default), bf16 or fp16: autocast for the attacks and forwards (bf16 also on CPU), "
+        "with a float32 re-check of --recheck examples per run stored as a flag",
+    )
+    r.add_argument("--recheck", type=int, default=64, help="examples re-checked in float32 per run")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--store", default=DEFAULT_STORE, help=f"results store file (default {DEFAULT_STORE})")
     r.add_argument("--format", default="table", choices=("table", "json", "csv"), help="stdout format")
@@ -256,7 +262,7 @@ def evaluation_spec(args: argparse.Namespace) -> Any:
     resolve_device(args.device)
     return EvaluationSpec(
         ref, data, tuple(plans), args.batch_size, args.device, args.dtype, args.seed, not args.no_checks,
-        store=str(Path(args.store).expanduser()),
+        args.recheck, store=str(Path(args.store).expanduser()),
     )  # fmt: skip
 
 

@@ -195,6 +195,7 @@ def evaluate(
     name: str | None = None,
     arch: Mapping[str, Any] | None = None,
     dtype: str = "float32",
+    recheck: int = 64,
     progress: bool = False,
     estimate: bool = True,
 ) -> Results:
@@ -216,7 +217,7 @@ def evaluate(
     entries = list(attacks) if attacks is not None else [f"preset:{preset or 'standard'}"]
     plans = apply_overrides(resolve_attacks(entries, dref.budget_dataset), AttackOverrides(eps=eps))
     spec = EvaluationSpec(
-        ref, dref, tuple(plans), batch_size, device, dtype, seed, checks,
+        ref, dref, tuple(plans), batch_size, device, dtype, seed, checks, recheck,
         store=None if store is None or isinstance(store, Store) else str(store),
     )  # fmt: skip
     ref.validate(dref.budget_dataset)

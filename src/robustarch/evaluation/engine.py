@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from robustarch.data import DataSource, load_source
 from robustarch.errors import RobustarchError
 from robustarch.evaluation.provenance import hash_state_dict, run_provenance, weights_file_hash
-from robustarch.evaluation.spec import DTYPES, ModelRef
+from robustarch.evaluation.spec import ModelRef, canonical_dtype
 from robustarch.store import ExampleOutcome, RunKey, Store
 from robustarch.store._hooks import pause_point
 
@@ -204,12 +204,13 @@ class Engine:
     ):
         if batch_size < 1:
             raise RobustarchError(f"batch size must be >= 1, got {batch_size}")
-        if dtype not in DTYPES:
-            raise RobustarchError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = canonical_dtype(dtype)
         self.store = store
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        if dtype != "float32" and self.device.type != "cuda":
-            log.warning("mixed precision (%s) on %s: meant for GPUs, and slow on a CPU", dtype, self.device)
+        if dtype == "amp-float16" and self.device.type != "cuda":
+            log.warning(
+                "float16 autocast on %s: meant for GPUs, and slow on a CPU (bf16 is not)", self.device
+            )
         self.batch_size, self.seed, self.dtype, self.recheck = batch_size, seed, dtype, recheck
         self.rank, self.world_size = rank, world_size
         self.progress, self.prepare = progress, prepare

@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("zoo", "factory", "module")
 DTYPES = ("float32", "amp-bfloat16", "amp-float16")
+# shorter names for the mixed-precision dtypes (runs record the long ones, so both name the same runs)
+DTYPE_ALIASES = {"bf16": "amp-bfloat16", "fp16": "amp-float16", "fp32": "float32"}
+
+
+def canonical_dtype(dtype: str) -> str:
+    """``float32``, ``amp-bfloat16`` or ``amp-float16`` (``bf16``, ``fp16``, ``fp32`` are accepted too)."""
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
+        raise UnknownNameError("dtype", str(dtype), (*DTYPES, *DTYPE_ALIASES))
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -348,8 +358,7 @@ class EvaluationSpec:
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise RobustarchError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
-        if self.dtype not in DTYPES:
-            raise UnknownNameError("dtype", str(self.dtype), DTYPES)
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))  # frozen: normalize once
         if not self.attacks:
             raise RobustarchError(f"no attacks to run on {self.model.id} ({self.data.dataset})")
 

@@ -10,7 +10,7 @@ The format (every key is checked; unknown keys, datasets, models, attacks and mi
     device = "auto"                 # auto | cpu | cuda | cuda:N
     batch_size = 128                # = chunk size: the unit of commit and of the per-chunk seed
     seed = 0
-    dtype = "float32"               # or amp-bfloat16 / amp-float16 (GPU; re-checked in float32)
+    dtype = "float32"               # or bf16 / fp16 autocast (bf16 also on CPU; re-checked in float32)
     checks = true                   # reliability checks, stored as flags
     attacks = ["preset:paper"]      # preset:NAME, a key of [attacks], or an attack id (standard profile)
 
@@ -58,10 +58,10 @@ import tomllib
 
 from robustarch.errors import RobustarchError, close_names
 from robustarch.evaluation.spec import (
-    DTYPES,
     DataRef,
     EvaluationSpec,
     ModelRef,
+    canonical_dtype,
     resolve_attacks,
 )
 from robustarch.store import DEFAULT_STORE, Store
@@ -301,8 +301,10 @@ def _read_settings(reader: _Reader, head: dict[str, Any], default_name: str) -> 
     if out["batch_size"] < 1:
         reader.add(w, f"batch_size must be >= 1, got {out['batch_size']}")
         out["batch_size"] = 128
-    if out["dtype"] not in DTYPES:
-        reader.add(w, _unknown("dtype", out["dtype"], DTYPES))
+    try:
+        out["dtype"] = canonical_dtype(out["dtype"])
+    except RobustarchError as err:
+        reader.add(w, str(err))
         out["dtype"] = "float32"
     return out
 
