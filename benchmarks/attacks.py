@@ -40,12 +40,14 @@ REPO = Path(__file__).resolve().parents[1]
 PLAIN_TORCHATTACKS = r"""
 import json, sys, time, torch, torchattacks
 from robustarch import zoo
-ckpt, threads, batch, repeats, warmup, seed, steps, out = sys.argv[1:9]
-threads, batch, repeats, warmup, seed, steps = map(int, (threads, batch, repeats, warmup, seed, steps))
+ckpt, threads, batch, repeats, warmup, seed, steps, out, name, dataset, size = sys.argv[1:12]
+threads, batch, repeats, warmup, seed, steps, size = (
+    int(v) for v in (threads, batch, repeats, warmup, seed, steps, size)
+)
 torch.set_num_threads(threads)
-model = zoo.load("resnet18", "cifar10", weights=ckpt)
+model = zoo.load(name, dataset, weights=ckpt)
 gen = torch.Generator().manual_seed(seed)
-x = torch.rand(batch, 3, 32, 32, generator=gen)
+x = torch.rand(batch, 3, size, size, generator=gen)
 with torch.no_grad():  # labels = the model's own predictions: every example starts correctly classified
     y = model(x).argmax(1)
 atk = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=steps, random_start=False)
@@ -157,7 +159,12 @@ def part1(ckpt: str, threads: int, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def part2(ckpt: str, threads: int, batch: int, repeats: int, rounds: int, tmp: Path) -> dict:
+def part2(
+    ckpt: str, threads: int, batch: int, repeats: int, rounds: int, tmp: Path, model: str, dataset: str
+) -> dict:
+    from robustarch.zoo import dataset_shape
+
+    size = dataset_shape(dataset).input_size
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     ours_cmd = [
         sys.executable,
@@ -166,9 +173,9 @@ def part2(ckpt: str, threads: int, batch: int, repeats: int, rounds: int, tmp: P
         "attacks",
         "bench",
         "--model",
-        "resnet18",
+        model,
         "--dataset",
-        "cifar10",
+        dataset,
         "--weights",
         ckpt,
         "--attack",
@@ -181,6 +188,8 @@ def part2(ckpt: str, threads: int, batch: int, repeats: int, rounds: int, tmp: P
         str(2 / 255),
         "--random-start",
         "false",
+        "--param",
+        "early_stop=false",  # the same work as torchattacks' PGD, so the batches can be compared
         "--batch-size",
         str(batch),
         "--repeats",
@@ -204,6 +213,9 @@ def part2(ckpt: str, threads: int, batch: int, repeats: int, rounds: int, tmp: P
         "0",
         "10",
         str(tmp / "ref.pt"),
+        model,
+        dataset,
+        str(size),
     ]
     ours, ref, loads = [], [], []
     last_ours: dict = {}
@@ -244,6 +256,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="alternating process pairs for part 2")
     ap.add_argument("--skip-part1", action="store_true")
+    ap.add_argument("--model", default="resnet18", help="zoo model (part 2; part 1 is the CIFAR ResNet-18)")
+    ap.add_argument("--dataset", default="cifar10", help="its dataset, e.g. imagenet for the ResNet-50")
     args = ap.parse_args()
 
     from robustarch import zoo
@@ -251,18 +265,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         torch.manual_seed(0)
-        net = zoo.build("resnet18", "cifar10").eval()
+        net = zoo.build(args.model, args.dataset).eval()
         with torch.no_grad():  # non-trivial BatchNorm statistics so that folding changes the arithmetic
             for m in net.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.running_mean.uniform_(-0.2, 0.2)
                     m.running_var.uniform_(0.5, 2.0)
-        ckpt = str(zoo.save_checkpoint(net, tmp / "resnet18.pt", {"model": "resnet18", "dataset": "cifar10"}))
+        meta = {"model": args.model, "dataset": args.dataset}
+        ckpt = str(zoo.save_checkpoint(net, tmp / f"{args.model}.pt", meta))
         header = (
             f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
             f"threads {args.threads}; batch {args.batch_size}; float32; load average at start {load_avg()}"
         )
         print(header)
+        if not args.skip_part1 and (args.model, args.dataset) != ("resnet18", "cifar10"):
+            raise SystemExit("part 1 measures the CIFAR ResNet-18: add --skip-part1 for another model")
         if not args.skip_part1:
             rows = part1(ckpt, args.threads, args.batch_size, args.repeats)
             prep = rows.pop()["prepared"]
@@ -283,7 +300,9 @@ def main() -> int:
                     f"{fmt(b / r['ref'])} ({spread_r}) | "
                     f"{r['ref'] / r['ours']:.2f}x | {fo} | {fr} |"
                 )
-        res = part2(ckpt, args.threads, args.batch_size, args.repeats, args.rounds, tmp)
+        res = part2(
+            ckpt, args.threads, args.batch_size, args.repeats, args.rounds, tmp, args.model, args.dataset
+        )
         b = args.batch_size
         o, r = statistics.median(res["ours"]), statistics.median(res["ref"])
         print(

@@ -43,6 +43,13 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--alpha", type=float, default=None)
     bench.add_argument("--steps", type=int, default=None)
     bench.add_argument("--random-start", default=None, choices=("true", "false"))
+    bench.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other parameter of the attack, e.g. --param early_stop=false (TOML literals; repeatable)",
+    )
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=3, help="timed runs of the attack on the batch")
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs first")
@@ -100,6 +107,9 @@ def _bench(args: argparse.Namespace) -> int:
             params[key] = getattr(args, key)
     if args.random_start is not None:
         params["random_start"] = args.random_start == "true"
+    from robustarch.cli.evaluate import _literal, _pairs
+
+    params.update({k: _literal(v) for k, v in _pairs(args.param, "--param").items()})
     attack = create(args.attack, args.profile, **params)
 
     torch.manual_seed(args.seed)
