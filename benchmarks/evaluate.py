@@ -4,9 +4,9 @@ AutoAttack's own APGD, as whole processes on the same images with the same model
 load average. Every process is timed from outside (wall, and CPU of the whole process tree).
 
 - ``paper``: the paper preset (FGSM, R-FGSM, StepLL, PGD-10 as the study ran them, on [0,1] inputs) on N
-  CIFAR-10 JPEG test images (spread over the classes), the trained model below; the plain script runs torchattacks'
-  FGSM, RFGSM, BIM targeted at the least-likely class (its StepLL) and PGD. Per-example outcomes are
-  compared for FGSM and PGD (the same computation: they must agree).
+  CIFAR-10 JPEG test images (spread over the classes), the trained model below; the plain script runs
+  torchattacks' FGSM, RFGSM, BIM targeted at the least-likely class (its StepLL) and PGD. Per-example
+  outcomes are compared for FGSM and PGD (the same computation: they must agree).
 - ``standard``: PGD-10 (random start) and APGD-CE (100 iterations) at 8/255 on a trained CIFAR-10 model
   (a width-16 ResNet-18 trained for a few epochs on the CIFAR-10 JPEG training split, cached), robustarch's
   standard profile against torchattacks.PGD and AutoAttack's APGDAttack; the robust accuracies of both.
