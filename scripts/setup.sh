@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install robustarch into it. Usage: scripts/setup.sh [--test]
-#   --test  also install the test tools and the test-only attack oracle (torchattacks 3.5.1).
+#   --test  also install the test tools and the test-only attack oracles: torchattacks 3.5.1 (installed) and
+#           torchattacks 1.3, the version the study ran (its wheel downloaded into .oracles/, imported from
+#           there by tests/test_attacks_oracle13.py in a subprocess: both cannot be installed side by side).
 # Why torch 2.13.0: a CPU wheel of it ships on our development/CI machines (pip's find-links picks it up
 # without a download), and the conformance fixtures were computed with it. On a machine without that wheel
 # pip takes torch from the registry (the CUDA build; it also runs on CPU).
@@ -18,6 +20,10 @@ if [ "${1:-}" = "--test" ]; then
   bash scripts/system-deps.sh dataset-fashion-mnist chromium
   pip_install -e ".[test]"
   pip_install --no-deps "torchattacks==3.5.1"
+  if [ ! -f .oracles/torchattacks-1.3-py3-none-any.whl ]; then
+    .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps "torchattacks==1.3" -d .oracles \
+      2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || echo "setup: could not download torchattacks 1.3; tests/test_attacks_oracle13.py will skip" >&2
+  fi
 else
   bash scripts/system-deps.sh dataset-fashion-mnist
   pip_install -e .
