@@ -222,5 +222,33 @@ def test_plain_clamp_reading_of_stepll_differs_from_13(oracle) -> None:
     assert float((theirs < 0).float().mean()) > 0.3 and float((cur < 0).float().mean()) == 0.0
 
 
+def test_explain_preset_runs_what_the_oracle_checks() -> None:
+    """preset("explain") = the clamp alone and the paper's four attacks, each as released and on [0,1], with
+    the parameters checked against 1.3 above, then the standard preset's FGSM, R-FGSM, StepLL, PGD and
+    APGD-CE."""
+    import robustarch.attacks as ra
+    from robustarch.errors import RobustarchError
+
+    explain = ra.preset("explain", "cifar10")
+    checked = {case: (attack, params) for case, attack, params in CASES}
+    paper = ["fgsm", "rfgsm", "stepll", "pgd"]
+    expected = ["clamp", *(f"{k}-released" for k in paper), *(f"{k}-paper" for k in paper)]
+    expected += [f"{k}-standard" for k in ("fgsm", "rfgsm", "stepll", "pgd", "apgd-ce")]
+    assert list(explain) == expected
+    for key in ["clamp", *(f"{k}-{how}" for k in paper for how in ("released", "paper"))]:
+        attack = explain[key]
+        name, params = checked[key.split("-")[0]]
+        assert (attack.name, attack.profile) == (name, "paper")
+        assert attack.emulate_normalized_inputs == (not key.endswith("-paper"))
+        assert {k: attack.params[k] for k in params} == params
+    standard = ra.preset("standard", "imagenet")
+    for key in ("fgsm", "pgd", "apgd-ce"):
+        assert ra.preset("explain", "imagenet")[f"{key}-standard"].params == standard[key].params
+    with pytest.raises(RobustarchError, match="needs a dataset"):
+        ra.preset("explain")
+    with pytest.raises(RobustarchError, match="sets emulate_normalized_inputs itself"):
+        ra.preset("explain", "cifar10", emulate_normalized_inputs=True)
+
+
 if __name__ == "__main__":
     _oracle_main(sys.argv[1], sys.argv[2])

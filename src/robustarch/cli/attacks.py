@@ -20,9 +20,11 @@ def register(subparsers: Any) -> None:
 
     lst = sub.add_parser("list", help="registered attacks, their profiles and default parameters")
     lst.add_argument(
-        "--preset", help="show the attacks of a preset instead (paper, paper-defaults, standard)"
+        "--preset", help="show the attacks of a preset instead (paper, paper-defaults, standard, explain)"
     )
-    lst.add_argument("--dataset", default=None, help="dataset for the 'standard' preset (sets the budget)")
+    lst.add_argument(
+        "--dataset", default=None, help="dataset for the 'standard' and 'explain' presets (sets the budget)"
+    )
     lst.set_defaults(func=_list)
 
     bench = sub.add_parser("bench", help="time an attack on a zoo model (images/s)")
