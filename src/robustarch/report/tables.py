@@ -25,6 +25,8 @@ from robustarch.report.paper import (
     PAPER_COUNTERPART,
     PaperValue,
     attack_label,
+    is_paper_configuration,
+    is_random_init,
     matches_paper_setting,
     model_info,
     paper_data,
@@ -102,6 +104,8 @@ class Row:
     weights_hash: str = ""
     cells: dict[str, Cell] = field(default_factory=dict)
     params_printed: str | None = None  # the paper's printed parameter count (paper-only tables)
+    random_init: bool = False  # an untrained network (marked in every table and figure)
+    paper_config: bool = False  # the paper's configuration: its printed values may stand beside ours
 
     @property
     def params_m(self) -> float | None:
@@ -212,12 +216,19 @@ def _pick(runs: Sequence[RunResult]) -> RunResult:
     return max(runs, key=lambda r: (r.complete, r.n, r.finished_at or "", r.created_at, r.run_id))
 
 
+RANDOM_INIT_MARK = " (random init)"
+
+
 def _paper_for(
-    dataset: str, model: str, attack: str, params: dict[str, Any], adv_metric: str, metrics: Iterable[str]
+    row: Row, dataset: str, attack: str, params: dict[str, Any], adv_metric: str, metrics: Iterable[str]
 ) -> dict[str, PaperValue]:
-    """The published values for this cell, only where the paper ran the same setting."""
+    """The published values for this cell, only where the row is the paper's configuration (its
+    architecture unchanged, trained weights, its dataset) and the paper ran the same setting."""
+    if not row.paper_config:
+        return {}
     if attack != CLEAN and (adv_metric != "perturbed" or not matches_paper_setting(attack, params)):
         return {}
+    model = row.model
     out = {}
     for m in metrics:
         value = paper_value(dataset, model, attack, m)
@@ -369,20 +380,24 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
             if row_key not in rows:
                 info = model_info(r.model)
                 name = info.get("label", r.model)
+                name = name if row_key == r.model else f"{name} [{r.weights_hash[:8]}]"
+                random_init = is_random_init(r.meta, r.weights_hash)
                 rows[row_key] = Row(
                     row_key,
                     r.model,
-                    name if row_key == r.model else f"{name} [{r.weights_hash[:8]}]",
+                    name + (RANDOM_INIT_MARK if random_init else ""),
                     r.model_family,
                     r.method,
                     r.params_count,
                     r.weights_hash,
+                    random_init=random_init,
+                    paper_config=is_paper_configuration(dataset, r.model, r.meta, r.weights_hash),
                 )
             by_cell[(row_key, column_key(r.attack, r.attack_params))].append(r)
 
         for (row_key, col_key), cell_runs in by_cell.items():
             run = _pick(cell_runs)
-            paper = _paper_for(dataset, run.model, run.attack, run.attack_params, adv_metric, metrics)
+            paper = _paper_for(rows[row_key], dataset, run.attack, run.attack_params, adv_metric, metrics)
             source = "clean run" if run.attack == CLEAN else f"{run.attack} run"
             if len(cell_runs) > 1:
                 source += f" (1 of {len(cell_runs)} stored runs for this cell: the largest, newest)"
@@ -393,7 +408,7 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
             # no clean run in this group: a clean run of the same weights under another profile, else the
             # clean pass the attack runs made on their own examples
             other = clean_anywhere.get((dataset, row.model, row.weights_hash))
-            paper = _paper_for(dataset, row.model, CLEAN, {}, adv_metric, metrics)
+            paper = _paper_for(row, dataset, CLEAN, {}, adv_metric, metrics)
             if other:
                 subsets = {r.subset for (rk, _), rs in by_cell.items() if rk == row.key for r in rs}
                 # prefer a clean run over the same examples as the attacks
@@ -428,6 +443,18 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
         if emulate:
             title += ", EMULATED normalized-input attacks (the released code's flaw)"
         notes = []
+        if any(r.random_init for r in ordered):
+            notes.append(
+                f"Rows marked{RANDOM_INIT_MARK} are untrained networks (a random initialisation under the "
+                "study's seed): their accuracies say nothing about the architecture."
+            )
+        if any(not r.paper_config and r.model in paper_data()["models"] for r in ordered) and (
+            dataset in PAPER_COUNTERPART
+        ):
+            notes.append(
+                "The paper's printed values stand only beside rows that are the paper's configuration "
+                "(its architecture without overrides, trained weights)."
+            )
         counterpart = PAPER_COUNTERPART.get(dataset)
         paper_ref = {"cifar10": "Table 1", "cifar100": "Table 2", "imagenet": "Table 3"}.get(
             counterpart or ""
