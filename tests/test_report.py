@@ -623,7 +623,7 @@ def test_every_figure_series_is_a_stored_number(built):
                     elif kind == "sweep":
                         (run,) = runs
                         m = "5" if spec["id"].endswith("top5") else "1"
-                        assert x == pytest.approx(run["params"]["eps"])
+                        assert x == pytest.approx(run["params"]["eps"] * 255)  # eps in /255
                         assert y == pytest.approx(_pct(run[f"adv{m}"], run["n"]))
                     elif kind == "fig3" and s.get("column") not in ("worst",):
                         (run,) = runs

@@ -13,7 +13,8 @@ from robustarch.errors import RobustarchError
 from robustarch.report import figures as figs
 from robustarch.report import render
 from robustarch.report.analysis import DNHA, dnha
-from robustarch.report.tables import Outcomes, Table, paper_tables, tables_from_results
+from robustarch.report.explain import ExplainSection, explain_sections
+from robustarch.report.tables import Outcomes, Table, paper_tables, slug, tables_from_results
 from robustarch.store import RunResult, Store
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Report:
     dnha: list[DNHA]
     figures: list[dict[str, Any]]
     runs: list[RunResult] = field(default_factory=list)
+    explain: list[ExplainSection] = field(default_factory=list)
 
 
 def collect(store: Store | None, *, paper_only: bool = False, include_incomplete: bool = False) -> Report:
@@ -67,7 +69,9 @@ def collect(store: Store | None, *, paper_only: bool = False, include_incomplete
         used = {rid for t in tables for r in t.rows for c in r.cells.values() for rid in c.run_ids}
         runs = [r for r in runs if r.run_id in used]
     dnha_rows = [d for t in tables if t.kind == "main" for d in dnha(t, store=outcomes)]
-    return Report(title, intro, tables, dnha_rows, figs.all_specs(tables, dnha_rows), runs)
+    explain = explain_sections(tables)
+    specs = figs.all_specs(tables, dnha_rows, explain)
+    return Report(title, intro, tables, dnha_rows, specs, runs, explain)
 
 
 def _wide_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
@@ -128,17 +132,22 @@ def write(report: Report, out: Path, formats: Sequence[str] = FORMATS) -> dict[s
             report.figures,
             report.runs,
             FIGURE_DIR,
+            report.explain,
         )
     if "tex" in formats:
         written["tex"] = out / "tables.tex"
-        render.write_latex(written["tex"], report.tables, report.dnha)
+        render.write_latex(written["tex"], report.tables, report.dnha, report.explain)
     if "csv" in formats:
         folder = out / "csv"
         folder.mkdir(exist_ok=True)
         written["csv"] = folder / "cells.csv"
         render.write_csv(written["csv"], render.CELL_FIELDS, render.cell_records(report.tables, report.runs))
         for t in report.tables:
-            render.write_csv(folder / f"{t.id}.csv", *_wide_rows(t))
+            render.write_csv(folder / f"{slug(t.id)}.csv", *_wide_rows(t))
+        if report.explain:
+            render.write_csv(
+                folder / "explain.csv", render.EXPLAIN_FIELDS, render.explain_records(report.explain)
+            )
         dn = render.dnha_records(report.dnha)
         render.write_csv(folder / "dnha.csv", list(dn[0]) if dn else ["table"], dn)
         render.write_csv(folder / "provenance.csv", *render.provenance_grid(report.runs))
@@ -146,8 +155,9 @@ def write(report: Report, out: Path, formats: Sequence[str] = FORMATS) -> dict[s
     if "html" in formats:
         written["html"] = out / "report.html"
         render.write_html(
-            written["html"], report.title, report.intro, report.tables, report.dnha, fig_paths, report.runs
-        )
+            written["html"], report.title, report.intro, report.tables, report.dnha, fig_paths, report.runs,
+            report.explain,
+        )  # fmt: skip
     log.info("report written to %s (%d tables, %d figures)", out, len(report.tables), len(report.figures))
     return written
 

@@ -137,6 +137,19 @@ class Table:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def slug(text: str) -> str:
+    """A file-name-safe form of an id built from stored strings (dataset, profile, family names): only
+    ``[a-z0-9._-]``, no ``..``, no separators; where anything had to change, a short hash of the original is
+    appended so that two different ids never share a file."""
+    import hashlib
+
+    safe = re.sub(r"[^a-z0-9_-]+", "-", text.lower().replace(".", "-"))
+    safe = re.sub(r"-{2,}", "-", safe).strip("-_") or "x"
+    if safe == text:
+        return safe
+    return f"{safe[:80]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def column_key(attack: str, params: dict[str, Any]) -> str:
     return CLEAN if attack == CLEAN else f"{attack}:{canonical_json(params)}"
 
@@ -148,6 +161,22 @@ def _fmt_param(value: Any) -> str:
             return f"{round(frac)}/255"
         return f"{value:g}"
     return str(value)
+
+
+def describe_column(attack: str, profile: str, params: dict[str, Any]) -> str:
+    """How a stored attack setting is named for a reader: the attack's own ``describe()`` (e.g. ``PGD-10
+    (8/255, step 2/255, random start)``), rebuilt from its record; where the record cannot be rebuilt (a
+    store from another version), the attack's label and its parameters as ``name value``, never JSON."""
+    from robustarch import attacks as ra
+    from robustarch.errors import RobustarchError
+
+    try:
+        return ra.from_record(attack, profile, params).describe()
+    except (RobustarchError, TypeError, ValueError):
+        shown = [
+            f"{k} {_fmt_param(v)}" for k, v in sorted(params.items()) if isinstance(v, int | float | str)
+        ]
+        return f"{attack_label(attack)} ({', '.join(shown)})" if shown else attack_label(attack)
 
 
 def _column_labels(columns: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, str]:
@@ -436,7 +465,7 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
         ordered = sorted(
             rows.values(), key=lambda r: (r.family != "handcrafted", _model_rank(r.model), r.key)
         )
-        slug = f"{dataset}-{profile}-{adv_metric}" + ("-emulated" if emulate else "")
+        table_slug = f"{dataset}-{profile}-{adv_metric}" + ("-emulated" if emulate else "")
         title = f"{label}: accuracy (%) under attack, profile {profile!r}"
         if adv_metric != "perturbed":
             title += f", {adv_metric} accuracy"
@@ -467,7 +496,7 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
                 f"Measured on {label}; paper values are the paper's {paper_label} numbers ({paper_ref})."
             )
         table = Table(
-            f"main-{slug}",
+            slug(f"main-{table_slug}"),
             title,
             "main",
             dataset,
@@ -513,7 +542,7 @@ def _family_tables(main: Table) -> list[Table]:
         )
         out.append(
             Table(
-                f"family-{method.lower().replace(' ', '_')}-{main.id.removeprefix('main-')}",
+                slug(f"family-{method.lower().replace(' ', '_')}-{main.id.removeprefix('main-')}"),
                 f"{main.dataset_label}: the {method} family by parameter count, profile {main.profile!r}",
                 "family",
                 main.dataset,
