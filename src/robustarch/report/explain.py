@@ -204,7 +204,8 @@ def _description(table: Table, col: Column) -> str:
     if col.key == CLEAN:
         return "no attack"
     if col.key == WORST:
-        return f"{col.label}: per example, over every attack of the {table.profile!r} table at that budget"
+        # e.g. "Worst case (eps <= 8/255)" -> "per example, over every 'standard' attack run (eps <= 8/255)"
+        return col.label.replace("Worst case", f"per example, over every {table.profile!r} attack run", 1)
     return describe_column(col.attack, table.profile, col.params)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,6 @@ def figure2_specs(tables: list[Table]) -> list[dict[str, Any]]:
                     "title": f"Figure 2: robustness against clean accuracy, {t.dataset_label} ({t.profile})",
                     "panels": panels,
                     "sharex": True,
-                    "legend": "families",
                 }
             )
     return specs
@@ -358,7 +358,15 @@ def figure3_specs(tables: list[Table]) -> list[dict[str, Any]]:
                     }
                 )
         if panels:
-            specs.append({"id": slug(f"fig3-{t.id}"), "title": f"Figure 3: {t.title}", "panels": panels})
+            specs.append(
+                # the correlations differ per panel: each panel names its own series
+                {
+                    "id": slug(f"fig3-{t.id}"),
+                    "title": f"Figure 3: {t.title}",
+                    "panels": panels,
+                    "legend": "panel",
+                }
+            )
     return specs
 
 
@@ -485,7 +493,7 @@ def explain_specs(sections: list[Any]) -> list[dict[str, Any]]:
                     "as the released code measured it, at the same nominal eps on [0,1], under the standard "
                     "attacks" + (", and as the paper printed it" if "paper" in sec.settings else ""),
                     "panels": panels,
-                    "ylim": [0.0, 100.0],
+                    "ylim": [-3.0, 103.0],  # accuracies: the whole range, points at 0 and 100 inside
                 }
             )
     return specs
@@ -553,6 +561,8 @@ def draw(spec: dict[str, Any]) -> plt.Figure:
         for i, panel in enumerate(panels):
             ax = axes[i // ncols][i % ncols]
             _draw_panel(ax, panel, i)
+            if i % ncols:  # one scale: only the first panel of a row names it
+                ax.set_ylabel("")
             if ylim:
                 ax.set_ylim(*ylim)
             if xlim:
@@ -566,9 +576,17 @@ def draw(spec: dict[str, Any]) -> plt.Figure:
         _legend(fig, axes, spec)
         fig.canvas.draw()  # the layout is final from here on: labels are placed against it
         fig.set_layout_engine("none")
+        visible = [ax for ax in fig.axes if ax.get_visible()]
         for i, panel in enumerate(panels):
             if panel.get("label_points"):
-                _label_points(fig, axes[i // ncols][i % ncols], panel, i)
+                ax = axes[i // ncols][i % ncols]
+                # adjustText redraws the figure twice per call: hide the other panels meanwhile (their
+                # positions are fixed now), which makes labelling a figure of k panels k times cheaper
+                for other in visible:
+                    other.set_visible(other is ax)
+                _label_points(fig, ax, panel, i)
+        for ax in visible:
+            ax.set_visible(True)
     return fig
 
 
@@ -597,13 +615,16 @@ def _draw_panel(ax: Any, panel: dict[str, Any], i: int) -> None:
         art.set_gid(gid)
         _error_bars(ax, s, color, f"{gid}/err")
     if panel.get("xticks"):
-        ax.set_xticks(
-            range(len(panel["xticks"])), panel["xticks"], rotation=30 if len(panel["xticks"]) > 4 else 0
+        rotate = (
+            {"rotation": 30, "ha": "right", "rotation_mode": "anchor"} if len(panel["xticks"]) > 4 else {}
         )
+        ax.set_xticks(range(len(panel["xticks"])), panel["xticks"], **rotate)
         ax.set_xlim(-0.6, len(panel["xticks"]) - 0.4)
     if panel.get("hline") is not None:
         ax.axhline(panel["hline"], color="grey", linewidth=0.8, zorder=0)
-    ax.set_title(panel["title"], fontsize=7)
+    # wrapped to the panel's width (about 18 characters of 7-point text per inch)
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    ax.set_title(textwrap.fill(panel["title"], width=max(20, int(18 * width_in))), fontsize=7)
     ax.set_xlabel(panel["xlabel"], fontsize=7)
     ax.set_ylabel(panel["ylabel"], fontsize=7)
     ax.tick_params(labelsize=6)
@@ -634,7 +655,15 @@ def _error_bars(ax: Any, s: dict[str, Any], color: Any, gid: str) -> None:
 
 
 def _legend(fig: Any, axes: Any, spec: dict[str, Any]) -> None:
-    """One legend for the figure, below the panels (outside every axes), one entry per label."""
+    """One legend for the figure, below the panels (outside every axes), one entry per label; with
+    ``legend = "panel"`` one below each panel instead."""
+    if spec.get("legend") == "panel":
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_legend_handles_labels()[0]:
+                ax.legend(
+                    loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=5.5, frameon=False, ncol=1
+                )
+        return
     handles: dict[str, Any] = {}
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -658,16 +687,20 @@ def _label_points(fig: Any, ax: Any, panel: dict[str, Any], i: int) -> None:
     from adjustText import adjust_text
 
     texts = []
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     for j, s in enumerate(panel["series"]):
         for x, y, name in zip(s["x"], s["y"], s["points"] or [], strict=False):
-            t = ax.text(x, y, name, fontsize=5.5, color=s.get("color") or "black")
+            # first try: just above and to the right of the point
+            t = ax.text(
+                x + 0.012 * (x1 - x0), y + 0.012 * (y1 - y0), name, fontsize=5.5, color=s.get("color")
+            )
             t.set_gid(f"{i}/{j}/label")
             texts.append(t)
-    if not texts:
+    if not texts or labels_clear(fig, ax, texts):
         return
     xs = [x for s in panel["series"] for x in s["x"]]
     ys = [y for s in panel["series"] for y in s["y"]]
-    adjust_text(texts, x=xs, y=ys, ax=ax, ensure_inside_axes=True, expand_axes=False, iter_lim=300)
+    adjust_text(texts, x=xs, y=ys, ax=ax, ensure_inside_axes=True, expand_axes=False, iter_lim=100)
     if not labels_clear(fig, ax, texts):
         for t in texts:
             t.remove()

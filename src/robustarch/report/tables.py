@@ -373,7 +373,8 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
         if run.n == 0:
             log.info("run %s has no stored examples yet; left out", run.run_id)
             continue
-        emulate = bool(run.meta.get("emulate_normalized", False))
+        # the engine records the flaw switch in meta; the attack's parameters carry it as well
+        emulate = bool(run.meta.get("emulate_normalized", run.attack_params.get("emulate_normalized_inputs")))
         if run.attack == CLEAN:
             # clean runs belong to no attack profile (the engine stores them as profile "none"); every
             # table of their dataset takes its Clean column from them
