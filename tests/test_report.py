@@ -885,3 +885,13 @@ def test_selection_bootstrap_interval_accounts_for_picking_the_best():
     assert 0.25 < lo < hi < 0.35
     with pytest.raises(ValueError, match="same examples"):
         selection_bootstrap_interval(nas, hand[:, :10])
+
+
+def test_figures_are_paper_ready(built):
+    from test_report_figures import check_paper_ready
+
+    _truth, out, _written, _ = built
+    specs = sorted((out / "figures").glob("*.json"))
+    assert len(specs) >= 8
+    for path in specs:
+        check_paper_ready(json.loads(path.read_text(encoding="utf-8")), path.parent)

@@ -266,3 +266,11 @@ def test_standard_attacks_must_match_the_preset(built):
     _truth, _written, report, _ = built
     sec = next(s for s in report.explain if s.dataset == "cifar10")
     assert re.fullmatch(r"PGD-10 \(8/255, step 2/255, random start\)", sec.descriptions[("pgd", "standard")])
+
+
+def test_explain_figures_are_paper_ready(built):
+    from test_report_figures import check_paper_ready
+
+    _truth, _written, report, out = built
+    for spec in report.figures:
+        check_paper_ready(spec, out / "figures")

@@ -731,7 +731,7 @@ def write_figure(spec: dict[str, Any], folder: Path) -> dict[str, Path]:
     name = slug(spec["id"])
     paths = {ext: folder / f"{name}.{ext}" for ext in (*FIGURE_FORMATS, "json")}
     try:
-        fig.savefig(paths["png"], dpi=200, metadata={"Software": None})
+        fig.savefig(paths["png"], dpi=150, metadata={"Software": None})
         fig.savefig(paths["svg"], metadata={"Date": None})
         fig.savefig(paths["pdf"], metadata={"CreationDate": None, "Producer": None, "Creator": None})
     finally:
