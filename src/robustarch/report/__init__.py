@@ -3,6 +3,7 @@ published numbers (``paper_results.json``), with intervals, reliability flags an
 
 from robustarch.report.analysis import DNHA, dnha, newcombe_interval, paper_dnha
 from robustarch.report.build import FORMATS, Report, build_report, collect, write
+from robustarch.report.explain import ExplainSection, explain_sections
 from robustarch.report.paper import paper_value, paper_values
 from robustarch.report.tables import Cell, Column, Row, Table, paper_tables, tables_from_results
 
@@ -11,12 +12,14 @@ __all__ = [
     "FORMATS",
     "Cell",
     "Column",
+    "ExplainSection",
     "Report",
     "Row",
     "Table",
     "build_report",
     "collect",
     "dnha",
+    "explain_sections",
     "newcombe_interval",
     "paper_dnha",
     "paper_tables",
