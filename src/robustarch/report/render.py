@@ -647,7 +647,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:12px}
 th,td{border-bottom:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 th{border-bottom:2px solid #333}
-td:first-child,th:first-child,td:nth-child(2){text-align:left}
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}
 td.warn{background:#fff4d6}td.fail{background:#fde0e0}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:13px}
