@@ -573,6 +573,8 @@ def draw(spec: dict[str, Any]) -> plt.Figure:
                     ax.set_xlim(*limits)
         for k in range(len(panels), nrows * ncols):
             axes[k // ncols][k % ncols].set_visible(False)
+            if k >= ncols:  # the panel above has none below it: it shows the shared x tick labels
+                axes[k // ncols - 1][k % ncols].xaxis.set_tick_params(labelbottom=True)
         _legend(fig, axes, spec)
         fig.canvas.draw()  # the layout is final from here on: labels are placed against it
         fig.set_layout_engine("none")
