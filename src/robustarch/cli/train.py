@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "dataset-fashion-mnist), runs the paper's attacks as the released code ran them (normalized "
             "inputs, emulated) and on [0,1] inputs, and the standard attacks, through the evaluation engine "
             "into a results store, and writes the report (tables, figures, 'What the published numbers "
-            "measure'). Offline; about 10 minutes on 2 idle CPU cores (--quick: a few minutes)."
+            "measure'). Offline; measured times are in docs/training.md (--quick: a few minutes)."
         ),
     )
     d.add_argument("--out", default="robustarch-demo", help="output directory (default: ./robustarch-demo)")
