@@ -40,6 +40,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert figures
     text = report.read_text()
     assert "profile 'paper'" in text and "profile 'standard'" in text
+    assert "## What the published numbers measure: Fashion-MNIST" in text and "**Reading.**" in text
+    assert (tmp_path / "report" / "figures" / "explain-fashion-mnist.pdf").is_file()
     assert json.loads((tmp_path / "demo.json").read_text())["models"] == summary["models"]
 
     with Store(tmp_path / "results.sqlite") as store:
@@ -53,3 +55,7 @@ def test_quick_demo_end_to_end(tmp_path):
         attacks = {(r.profile, r.attack) for r in runs if r.model == m.name}
         assert {("paper", "fgsm"), ("paper", "rfgsm"), ("paper", "stepll"), ("paper", "pgd")} <= attacks
         assert {("standard", "apgd-ce"), ("standard", "apgd-t"), ("standard", "square")} <= attacks
+        released = {
+            r.attack for r in runs if r.model == m.name and r.attack_params.get("emulate_normalized_inputs")
+        }
+        assert released == {"fgsm", "rfgsm", "stepll", "pgd"}  # as released (FGSM also at eps 0: the clamp)

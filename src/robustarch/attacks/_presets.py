@@ -13,6 +13,11 @@
 - ``autoattack-rand`` / ``autoattack-rand-l2``: AutoAttack "rand" (APGD-CE and APGD-DLR with EoT over 20
   forwards), for randomized models.
 
+- ``explain``: what the published numbers measure, side by side (the report's "What the published numbers
+  measure" section): the released pipeline's clamp alone (a paper attack with the emulated flaw at eps 0),
+  the four ``paper`` attacks as released (``emulate_normalized_inputs=True``), the same four at the same
+  nominal eps on [0,1] inputs, and the ``standard`` FGSM, R-FGSM, StepLL, PGD-10 and APGD-CE.
+
 :func:`standard_attack` is the one rule for an attack named without parameters on a dataset: the standard
 preset's configuration of it there (so ``--attacks pgd`` and ``--preset standard`` attack ImageNet at the
 same 4/255), with the step sizes that scale with the budget (PGD's alpha = eps/4, R-FGSM's alpha = eps/2)
@@ -26,8 +31,10 @@ from typing import Any
 from robustarch.attacks._registry import constructor_params, create
 from robustarch.errors import RobustarchError, UnknownNameError
 
-PRESETS = ("paper", "paper-defaults", "standard", "autoattack", "autoattack-l2", "autoattack-rand",
-           "autoattack-rand-l2")  # fmt: skip
+PRESETS = ("paper", "paper-defaults", "standard", "explain", "autoattack", "autoattack-l2",
+           "autoattack-rand", "autoattack-rand-l2")  # fmt: skip
+# the standard attacks preset("explain") puts beside the paper's (the keys of preset("standard"))
+EXPLAIN_STANDARD = ("fgsm", "rfgsm", "stepll", "pgd", "apgd-ce")
 
 # numerators of eps/255 for the standard eps sweep, per dataset family
 SWEEP_255 = {"cifar": (1, 2, 4, 8, 16), "imagenet": (0.5, 1, 2, 4, 8)}
@@ -147,4 +154,26 @@ def preset(name: str, dataset: str | None = None, **common: Any) -> dict[str, An
         for k in SWEEP_255[family]:
             out[f"pgd-eps{k:g}"] = standard_attack("pgd", eps=k / 255, **common)
         return out
+    if name == "explain":
+        return _explain(dataset, common)
     raise UnknownNameError("attack preset", name, PRESETS)
+
+
+def _explain(dataset: str | None, common: dict[str, Any]) -> dict[str, Any]:
+    """preset("explain"): keys ``clamp``, ``<attack>-released``, ``<attack>-paper``, ``<attack>-standard``."""
+    if "emulate_normalized_inputs" in common:
+        raise RobustarchError(
+            "preset 'explain' sets emulate_normalized_inputs itself (it runs the paper's attacks both ways)"
+        )
+    if dataset is None:
+        raise RobustarchError("preset 'explain' needs a dataset (its standard attacks' budget depends on it)")
+    # the released pipeline's clamp of the normalized tensor alone: FGSM with eps 0 moves nothing else
+    out = {"clamp": create("fgsm", "paper", eps=0.0, emulate_normalized_inputs=True, **common)}
+    for key, attack in preset("paper", emulate_normalized_inputs=True, **common).items():
+        out[f"{key}-released"] = attack
+    for key, attack in preset("paper", **common).items():
+        out[f"{key}-paper"] = attack
+    standard = preset("standard", dataset, **common)
+    for key in EXPLAIN_STANDARD:
+        out[f"{key}-standard"] = standard[key]
+    return out

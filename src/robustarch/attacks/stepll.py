@@ -9,8 +9,12 @@ Physical World" (ILLC). A targeted iterative attack whose target is the least-li
   first iterate that misclassifies it, which is returned (never weaker under the robust metric); the rest
   of the batch runs without it. ``eot_samples``: gradients averaged over that many forwards.
 - ``paper`` (torchattacks 1.3): target = plain argmin of the clean logits (the true label is *not*
-  excluded); each step is clipped to the eps-ball around the *current* iterate, so the ball never binds and
-  the realized L-inf is ``n * alpha``.
+  excluded); each step ``u = x_k - alpha * sign(grad CE(f(x_k), t))`` goes through 1.3's own hand-written
+  clip, which is *not* ``clamp(0, 1)``: ``x_{k+1} = min(min(max(u, max(x_k - eps, 0)), x_k + eps), 1)``.
+  The ball is around the *current* iterate, so it never binds and the realized L-inf is ``n * alpha``. On
+  [0,1] inputs this equals ``clip01(u)``; on values below 0 (which only the released code's normalized
+  inputs have) it does not: a value below ``-eps`` rises by eps per step, whatever the gradient, instead of
+  becoming 0 (see :func:`clip_13`).
 
 ``steps=0`` (the default in both profiles) means Kurakin et al.'s count ``int(min(255*eps + 4,
 1.25*255*eps))``. Draws no random numbers.
@@ -26,6 +30,18 @@ from torch import Tensor
 from robustarch.attacks._base import Attack, Model, iterate_with_early_stop, project
 from robustarch.attacks._loss import loss_and_grad
 from robustarch.attacks._registry import register_attack
+
+
+def clip_13(u: Tensor, x_k: Tensor, eps: float) -> Tensor:
+    """torchattacks 1.3 StepLL's clip of a step ``u`` taken from ``x_k``, as 1.3 wrote it: ``a = max(x_k -
+    eps, 0)``, ``b = max(u, a)``, ``c = min(b, x_k + eps)``, ``min(c, 1)``. Not ``clamp(0, 1)``: with
+    ``x_k < -eps`` it gives ``x_k + eps`` (``a = 0 > u``, then capped at ``x_k + eps``), so a normalized
+    value far below 0 climbs by eps per step instead of jumping to 0. Exact on any input: max/min only pick
+    one of their arguments, and ``x_k -+ eps`` are computed as 1.3 computed them."""
+    a = (x_k - eps).clamp(min=0.0)
+    b = torch.maximum(u, a)
+    c = torch.minimum(b, x_k + eps)
+    return c.clamp(max=1.0)
 
 
 def auto_steps(eps: float) -> int:
@@ -80,8 +96,8 @@ class StepLL(Attack):
         x_adv = x
         for _ in range(self.n_steps):
             _, _, grad = loss_and_grad(model, x_adv, y, target=target, targeted=True)
-            # 1.3 clipped to the eps-ball around the current iterate (a no-op unless alpha > eps)
-            x_adv = project(x_adv + self.alpha * grad.sign(), x_adv, self.eps)
+            # 1.3's own clip, around the current iterate (docs/attacks.md): not clamp(0, 1)
+            x_adv = clip_13(x_adv + self.alpha * grad.sign(), x_adv, self.eps)
         return x_adv
 
     def _standard(self, model: Model, x: Tensor, y: Tensor, target: Tensor) -> Tensor:

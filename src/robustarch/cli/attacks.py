@@ -21,13 +21,13 @@ def register(subparsers: Any) -> None:
     lst = sub.add_parser("list", help="registered attacks, their profiles and default parameters")
     lst.add_argument(
         "--preset",
-        help="show the attacks of a preset instead (paper, paper-defaults, standard, autoattack, "
+        help="show the attacks of a preset instead (paper, paper-defaults, standard, explain, autoattack, "
         "autoattack-l2, autoattack-rand, autoattack-rand-l2)",
     )
     lst.add_argument(
         "--dataset",
         default=None,
-        help="dataset for the 'standard' and 'autoattack*' presets (sets the budget)",
+        help="dataset for the 'standard', 'explain' and 'autoattack*' presets (sets the budget)",
     )
     lst.set_defaults(func=_list)
 

@@ -84,9 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="offline demo: train small models on Fashion-MNIST, attack them, write the report",
         description=(
             "Trains small variants of handcrafted and NAS networks on Fashion-MNIST (Debian's "
-            "dataset-fashion-mnist), runs the paper's attack preset and the standard preset through the "
-            "evaluation engine into a results store, and writes the report (tables and figures). Offline; "
-            "under 10 minutes on 2 CPU cores (--quick: 1-2 minutes)."
+            "dataset-fashion-mnist), runs the paper's attacks as the released code ran them (normalized "
+            "inputs, emulated) and on [0,1] inputs, and the standard attacks, through the evaluation engine "
+            "into a results store, and writes the report (tables, figures, 'What the published numbers "
+            "measure'). Offline; measured times are in docs/training.md (--quick: a few minutes)."
         ),
     )
     d.add_argument("--out", default="robustarch-demo", help="output directory (default: ./robustarch-demo)")

@@ -11,6 +11,8 @@ from robustarch.lazy import lazy_exports
 # public name -> the submodule that defines it, imported when the name is first read
 _EXPORTS = {
     "DNHA": "analysis",
+    "ExplainSection": "explain",
+    "explain_sections": "explain",
     "dnha": "analysis",
     "newcombe_interval": "analysis",
     "paper_dnha": "analysis",

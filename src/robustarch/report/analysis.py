@@ -173,6 +173,7 @@ def dnha(table: Table, with_paper: bool = True, store: Any = None) -> list[DNHA]
                 and table.kind == "main"
                 and col.key != WORST
                 and table.adv_metric == "perturbed"
+                and all(r.paper_config for r in table.rows)  # the paper's models, as it ran them
                 and (col.attack == CLEAN or matches_paper_setting(col.attack, col.params))
             ):
                 paper = paper_dnha().get((PAPER_COUNTERPART.get(table.dataset, ""), col.attack, metric))

@@ -27,6 +27,34 @@ PAPER_COUNTERPART = {
 }
 
 
+# Architecture overrides that select one of the authors' published configurations rather than change it
+# (DenseNAS-Large and R1-R3 come as a net_config folder from the authors' model folders).
+PUBLISHED_OVERRIDES = ("net_config",)
+
+
+def is_random_init(meta: dict[str, Any], weights_hash: str = "") -> bool:
+    """Whether a run's model is a random initialisation (no trained weights): the engine records
+    ``random_init`` (and ``weights`` None) and names such weights by a state-dict hash ``init-...``."""
+    return (
+        bool(meta.get("random_init"))
+        or weights_hash.startswith("init-")
+        or ("weights" in meta and meta["weights"] is None)
+    )
+
+
+def is_paper_configuration(dataset: str, model: str, meta: dict[str, Any], weights_hash: str = "") -> bool:
+    """Whether a run evaluated the paper's configuration, so that the paper's printed value may stand beside
+    it: an architecture of the paper with no overrides (except :data:`PUBLISHED_OVERRIDES`), trained
+    weights, on the paper's dataset (or its stand-in of :data:`PAPER_COUNTERPART`)."""
+    overrides = meta.get("overrides") or {}
+    return (
+        model in paper_data()["models"]
+        and dataset in PAPER_COUNTERPART
+        and not is_random_init(meta, weights_hash)
+        and all(key in PUBLISHED_OVERRIDES for key in overrides)
+    )
+
+
 @dataclass(frozen=True)
 class PaperValue:
     """One published accuracy: ``printed`` is the paper's text, ``percent`` its value."""

@@ -10,13 +10,15 @@ import base64
 import csv
 import html
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustarch.report.analysis import DNHA
+from robustarch.report.explain import ATTACK_ROWS, ExplainSection, row_label
 from robustarch.report.paper import PAPER_COUNTERPART
-from robustarch.report.tables import Cell, Row, Table
+from robustarch.report.tables import Cell, Row, Table, slug
 from robustarch.store import RunResult, canonical_json
 
 METRIC_LABEL = {"top1": "top-1", "top5": "top-5"}
@@ -111,13 +113,85 @@ def table_grid(table: Table) -> tuple[list[str], list[list[str]]]:
 
 
 # -- Markdown ---------------------------------------------------------------------------------------------
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+def md_text(text: Any) -> str:
+    """Text from a store or a study file made inert in Markdown: one line (no new block can start), HTML
+    special characters as entities (no raw HTML passes: a renderer would run ``<script>`` or ``<img
+    onerror>``), table pipes escaped, and no ``[...](...)`` / ``[...][...]`` link or image can form."""
+    text = " ".join(str(text).split())
+    text = html.escape(text, quote=False).replace("|", "\\|")
+    return re.sub(r"\]([(\[])", r"]\\\1", text)
+
+
+# -- "What the published numbers measure" ------------------------------------------------------------------
+EXPLAIN_TITLE = "What the published numbers measure"
+EXPLAIN_INTRO = (
+    "Top-1 accuracy % [95% Wilson interval], per model: clean; the released pipeline's clamp of the "
+    "normalized tensor alone (eps 0); the paper's four attacks as its released code ran them (normalized "
+    "inputs, torchattacks 1.3 semantics, emulated); the same attacks at the same nominal eps on [0,1] "
+    "images; the standard attacks; the paper's printed value where the row is the paper's configuration."
+)
+
+
+def explain_grid(section: ExplainSection) -> tuple[list[str], list[list[str]]]:
+    """Model | Attack | one column per setting: each column reads like a row of the paper's table."""
+    header = ["Model", "Attack", *(section.setting_labels[s] for s in section.settings)]
+    body = []
+    for er in section.rows:
+        first = True
+        for attack_row in ATTACK_ROWS:
+            line = []
+            for setting in section.settings:
+                if setting == "paper":
+                    pv = er.paper.get(attack_row)
+                    line.append("–" if pv is None else pv.printed)
+                else:
+                    line.append(value_text(er.cells.get((attack_row, setting)), section.metric))
+            if all(v == "–" for v in line):
+                continue
+            body.append([er.row.label if first else "", row_label(attack_row), *line])
+            first = False
+    return header, body
+
+
+def explain_notes(section: ExplainSection) -> list[str]:
+    """What each column ran (the attacks' own descriptions) and on how many examples."""
+    notes = []
+    for setting in section.settings:
+        if setting == "paper":
+            notes.append(
+                f"{section.setting_labels[setting]}: the paper's value, only where the row is the paper's "
+                "configuration (its architecture without overrides, trained weights, its dataset)."
+            )
+            continue
+        described = [
+            f"{row_label(a)}: {section.descriptions[(a, setting)]}"
+            for a in ATTACK_ROWS
+            if a != "clean" and (a, setting) in section.descriptions
+        ]
+        ns = sorted({c.n for (a, s), c in _cells_of(section) if s == setting and c.n is not None})
+        n_text = f" n = {', '.join(map(str, ns))} examples per model." if ns else ""
+        notes.append(f"{section.setting_labels[setting]}: " + "; ".join(described) + "." + n_text)
+    return notes
+
+
+def _cells_of(section: ExplainSection) -> list[tuple[tuple[str, str], Cell]]:
+    return [(k, c) for er in section.rows for k, c in er.cells.items()]
+
+
+def _md_explain(section: ExplainSection, figure_dir: str) -> list[str]:
+    name = slug(f"explain-{section.dataset}")
+    out = [f"## {EXPLAIN_TITLE}: {md_text(section.dataset_label)}", ""]
+    out += [EXPLAIN_INTRO, ""]
+    out += [md_table(*explain_grid(section)), ""]
+    out += [f"- {md_text(n)}" for n in explain_notes(section)] + [""]
+    out += ["**Reading.** " + " ".join(md_text(p) for p in section.reading), ""]
+    out += [f"![{name}]({figure_dir}/{name}.png)", ""]
+    return out
 
 
 def md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
+    lines = ["| " + " | ".join(md_text(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
 
 
@@ -241,8 +315,9 @@ def write_markdown(
     figures: Sequence[dict[str, Any]],
     runs: Sequence[RunResult],
     figure_dir: str,
+    explain: Sequence[ExplainSection] = (),
 ) -> None:
-    out = [f"# {title}", "", *intro, ""]
+    out = [f"# {md_text(title)}", "", *(md_text(p) for p in intro), ""]
     out.append(
         "Cells: accuracy % [95% Wilson interval]; ⚠ = a reliability check warned, ✗ = one failed "
         "(see Flags); (min) = minimum over attacks where per-example outcomes do not align; "
@@ -250,11 +325,13 @@ def write_markdown(
         "paper (Δ) = the paper's printed value and measured minus paper in percentage points."
     )
     out.append("")
+    for section in explain:
+        out += _md_explain(section, figure_dir)
     for t in tables:
-        out += [f"## {t.title}", ""]
+        out += [f"## {md_text(t.title)}", ""]
         if t.paper_ref:
-            out += [f"Layout of the paper's {t.paper_ref}.", ""]
-        out += [f"- {n}" for n in t.notes] + ([""] if t.notes else [])
+            out += [f"Layout of the paper's {md_text(t.paper_ref)}.", ""]
+        out += [f"- {md_text(n)}" for n in t.notes] + ([""] if t.notes else [])
         out += [md_table(*table_grid(t)), ""]
     if dnha_rows:
         out += [
@@ -265,13 +342,15 @@ def write_markdown(
         ]
     if figures:
         out += ["## Figures", ""]
-        for spec in figures:
+        for spec in (f for f in figures if not f["id"].startswith("explain-")):  # those are in their section
+            name = slug(spec["id"])
             out += [
-                f"### {spec['title']}",
+                f"### {md_text(spec['title'])}",
                 "",
-                f"![{spec['id']}]({figure_dir}/{spec['id']}.png)",
+                f"![{name}]({figure_dir}/{name}.png)",
                 "",
-                f"Data: `{figure_dir}/{spec['id']}.json`; vector: `{figure_dir}/{spec['id']}.svg`.",
+                f"Data: `{figure_dir}/{name}.json`; vector: `{figure_dir}/{name}.svg`, "
+                f"`{figure_dir}/{name}.pdf`.",
                 "",
             ]
     if runs:
@@ -333,8 +412,24 @@ def tex_table(table: Table) -> str:
     return _tex_float(header, body, spec, tex_escape(table.title), f"tab:{table.id}")
 
 
-def write_latex(path: Path, tables: Sequence[Table], dnha_rows: Sequence[DNHA]) -> None:
+def write_latex(
+    path: Path, tables: Sequence[Table], dnha_rows: Sequence[DNHA], explain: Sequence[ExplainSection] = ()
+) -> None:
     parts = ["% generated by robustarch report; needs \\usepackage{booktabs}", ""]
+    for section in explain:
+        header, body = explain_grid(section)
+        caption = tex_escape(
+            f"{EXPLAIN_TITLE}, {section.dataset_label}: top-1 accuracy (%). " + " ".join(section.reading)
+        )
+        parts.append(
+            _tex_float(
+                header,
+                body,
+                "ll" + "r" * (len(header) - 2),
+                caption,
+                f"tab:{slug('explain-' + section.dataset)}",
+            )
+        )
     parts += [tex_table(t) for t in tables]
     if dnha_rows:
         header, body = dnha_grid(dnha_rows)
@@ -450,17 +545,74 @@ def cell_records(tables: Sequence[Table], runs: Sequence[RunResult] = ()) -> lis
     return out
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell that a spreadsheet will not run: text starting with ``= + - @`` (or a tab / carriage return)
+    gets a leading ``'`` (OWASP's CSV-injection advice), unless it is a plain number such as ``-3.5``."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any] | dict[str, Any]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         rows = list(rows)
         if rows and isinstance(rows[0], dict):
-            writer = csv.DictWriter(fh, fieldnames=list(header))
-            writer.writeheader()
-            writer.writerows(rows)
+            fields = list(header)
+            writer = csv.writer(fh)
+            writer.writerow([csv_cell(h) for h in fields])
+            writer.writerows([[csv_cell(r.get(f, "")) for f in fields] for r in rows])  # type: ignore[union-attr]
         else:
             writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(rows)
+            writer.writerow([csv_cell(h) for h in header])
+            writer.writerows([[csv_cell(c) for c in r] for r in rows])
+
+
+EXPLAIN_FIELDS = [
+    "dataset", "dataset_label", "row", "model", "label", "family", "random_init", "paper_configuration",
+    "attack_row", "setting", "setting_label", "description", "value_pct", "ci_lo_pct", "ci_hi_pct", "count",
+    "n", "paper_printed", "run_ids",
+]  # fmt: skip
+
+
+def explain_records(sections: Sequence[ExplainSection]) -> list[dict[str, Any]]:
+    """The explain sections in long form: one record per (dataset, model, attack row, setting)."""
+    out = []
+    for sec in sections:
+        for er in sec.rows:
+            common = {
+                "dataset": sec.dataset, "dataset_label": sec.dataset_label, "row": er.row.key,
+                "model": er.row.model, "label": er.row.label, "family": er.row.family,
+                "random_init": "yes" if er.row.random_init else "no",
+                "paper_configuration": "yes" if er.row.paper_config else "no",
+            }  # fmt: skip
+            for attack_row in ATTACK_ROWS:
+                for setting in sec.settings:
+                    cell = er.cells.get((attack_row, setting))
+                    pv = er.paper.get(attack_row) if setting == "paper" else None
+                    if cell is None and pv is None:
+                        continue
+                    ci = cell.ci.get(sec.metric) if cell is not None else None
+                    out.append(
+                        {
+                            **common,
+                            "attack_row": attack_row,
+                            "setting": setting,
+                            "setting_label": sec.setting_labels[setting],
+                            "description": sec.descriptions.get((attack_row, setting), ""),
+                            "value_pct": f"{100 * (cell.values[sec.metric] if cell else pv.fraction):.6f}",
+                            "ci_lo_pct": "" if ci is None else f"{100 * ci[0]:.6f}",
+                            "ci_hi_pct": "" if ci is None else f"{100 * ci[1]:.6f}",
+                            "count": "" if cell is None else cell.counts.get(sec.metric, ""),
+                            "n": "" if cell is None or cell.n is None else cell.n,
+                            "paper_printed": "" if pv is None else pv.printed,
+                            "run_ids": "" if cell is None else " ".join(cell.run_ids),
+                        }
+                    )
+    return out
 
 
 def dnha_records(rows: Sequence[DNHA]) -> list[dict[str, Any]]:
@@ -495,7 +647,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:12px}
 th,td{border-bottom:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 th{border-bottom:2px solid #333}
-td:first-child,th:first-child,td:nth-child(2){text-align:left}
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}
 td.warn{background:#fff4d6}td.fail{background:#fde0e0}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:13px}
@@ -565,6 +717,25 @@ def _cell_meta(table: Table, runs_by_id: dict[str, RunResult]) -> tuple[list[lis
     return classes, titles
 
 
+def _html_figure(fig_id: str, title: str, svg: Path) -> str:
+    data = base64.b64encode(svg.read_bytes()).decode("ascii")
+    return (
+        f'<figure id="{html.escape(fig_id)}"><img alt="{html.escape(title)}" '
+        f'src="data:image/svg+xml;base64,{data}"><figcaption>{html.escape(title)}</figcaption></figure>'
+    )
+
+
+def _html_explain(section: ExplainSection, svg: Path | None) -> list[str]:
+    out = [f"<h2>{EXPLAIN_TITLE}: {html.escape(section.dataset_label)}</h2>"]
+    out.append(f'<p class="note">{html.escape(EXPLAIN_INTRO)}</p>')
+    out.append(_html_table(*explain_grid(section)))
+    out += [f'<p class="note">{html.escape(n)}</p>' for n in explain_notes(section)]
+    out.append("<p><b>Reading.</b> " + html.escape(" ".join(section.reading)) + "</p>")
+    if svg is not None:
+        out.append(_html_figure(slug(f"explain-{section.dataset}"), section.dataset_label, svg))
+    return out
+
+
 def write_html(
     path: Path,
     title: str,
@@ -573,6 +744,7 @@ def write_html(
     dnha_rows: Sequence[DNHA],
     figures: Sequence[tuple[dict[str, Any], dict[str, Path]]],
     runs: Sequence[RunResult],
+    explain: Sequence[ExplainSection] = (),
 ) -> None:
     """One self-contained page: styles and the readiness script inline, figures as data: URIs, and a
     Content-Security-Policy that forbids loading anything from elsewhere."""
@@ -590,6 +762,9 @@ def write_html(
         '<p class="note">Cells: accuracy % [95% Wilson interval]. Yellow/⚠ = a reliability check '
         "warned, red/✗ = one failed. Hover a cell for its provenance.</p>"
     )
+    svg = {spec["id"]: paths["svg"] for spec, paths in figures}
+    for section in explain:
+        out += _html_explain(section, svg.get(slug(f"explain-{section.dataset}")))
     out.append("<h2>Tables</h2>")
     for t in tables:
         out.append(f'<h3 id="{html.escape(t.id)}">{html.escape(t.title)}</h3>')
@@ -605,12 +780,8 @@ def write_html(
     if figures:
         out.append("<h2>Figures</h2>")
         for spec, paths in figures:
-            data = base64.b64encode(paths["svg"].read_bytes()).decode("ascii")
-            out.append(
-                f'<figure id="{html.escape(spec["id"])}"><img alt="{html.escape(spec["title"])}" '
-                f'src="data:image/svg+xml;base64,{data}"><figcaption>{html.escape(spec["title"])}'
-                "</figcaption></figure>"
-            )
+            if not spec["id"].startswith("explain-"):  # shown in its section above
+                out.append(_html_figure(spec["id"], spec["title"], paths["svg"]))
     if runs:
         fh, fb = flags_grid(runs)
         out.append("<h2>Flags (reliability checks)</h2>")

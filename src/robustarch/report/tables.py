@@ -25,6 +25,8 @@ from robustarch.report.paper import (
     PAPER_COUNTERPART,
     PaperValue,
     attack_label,
+    is_paper_configuration,
+    is_random_init,
     matches_paper_setting,
     model_info,
     paper_data,
@@ -102,6 +104,8 @@ class Row:
     weights_hash: str = ""
     cells: dict[str, Cell] = field(default_factory=dict)
     params_printed: str | None = None  # the paper's printed parameter count (paper-only tables)
+    random_init: bool = False  # an untrained network (marked in every table and figure)
+    paper_config: bool = False  # the paper's configuration: its printed values may stand beside ours
 
     @property
     def params_m(self) -> float | None:
@@ -133,6 +137,19 @@ class Table:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def slug(text: str) -> str:
+    """A file-name-safe form of an id built from stored strings (dataset, profile, family names): only
+    ``[a-z0-9._-]``, no ``..``, no separators; where anything had to change, a short hash of the original is
+    appended so that two different ids never share a file."""
+    import hashlib
+
+    safe = re.sub(r"[^a-z0-9_-]+", "-", text.lower().replace(".", "-"))
+    safe = re.sub(r"-{2,}", "-", safe).strip("-_") or "x"
+    if safe == text:
+        return safe
+    return f"{safe[:80]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def column_key(attack: str, params: dict[str, Any]) -> str:
     return CLEAN if attack == CLEAN else f"{attack}:{canonical_json(params)}"
 
@@ -144,6 +161,22 @@ def _fmt_param(value: Any) -> str:
             return f"{round(frac)}/255"
         return f"{value:g}"
     return str(value)
+
+
+def describe_column(attack: str, profile: str, params: dict[str, Any]) -> str:
+    """How a stored attack setting is named for a reader: the attack's own ``describe()`` (e.g. ``PGD-10
+    (8/255, step 2/255, random start)``), rebuilt from its record; where the record cannot be rebuilt (a
+    store from another version), the attack's label and its parameters as ``name value``, never JSON."""
+    from robustarch import attacks as ra
+    from robustarch.errors import RobustarchError
+
+    try:
+        return ra.from_record(attack, profile, params).describe()
+    except (RobustarchError, TypeError, ValueError):
+        shown = [
+            f"{k} {_fmt_param(v)}" for k, v in sorted(params.items()) if isinstance(v, int | float | str)
+        ]
+        return f"{attack_label(attack)} ({', '.join(shown)})" if shown else attack_label(attack)
 
 
 def _column_labels(columns: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, str]:
@@ -212,12 +245,19 @@ def _pick(runs: Sequence[RunResult]) -> RunResult:
     return max(runs, key=lambda r: (r.complete, r.n, r.finished_at or "", r.created_at, r.run_id))
 
 
+RANDOM_INIT_MARK = " (random init)"
+
+
 def _paper_for(
-    dataset: str, model: str, attack: str, params: dict[str, Any], adv_metric: str, metrics: Iterable[str]
+    row: Row, dataset: str, attack: str, params: dict[str, Any], adv_metric: str, metrics: Iterable[str]
 ) -> dict[str, PaperValue]:
-    """The published values for this cell, only where the paper ran the same setting."""
+    """The published values for this cell, only where the row is the paper's configuration (its
+    architecture unchanged, trained weights, its dataset) and the paper ran the same setting."""
+    if not row.paper_config:
+        return {}
     if attack != CLEAN and (adv_metric != "perturbed" or not matches_paper_setting(attack, params)):
         return {}
+    model = row.model
     out = {}
     for m in metrics:
         value = paper_value(dataset, model, attack, m)
@@ -333,7 +373,8 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
         if run.n == 0:
             log.info("run %s has no stored examples yet; left out", run.run_id)
             continue
-        emulate = bool(run.meta.get("emulate_normalized", False))
+        # the engine records the flaw switch in meta; the attack's parameters carry it as well
+        emulate = bool(run.meta.get("emulate_normalized", run.attack_params.get("emulate_normalized_inputs")))
         if run.attack == CLEAN:
             # clean runs belong to no attack profile (the engine stores them as profile "none"); every
             # table of their dataset takes its Clean column from them
@@ -369,20 +410,24 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
             if row_key not in rows:
                 info = model_info(r.model)
                 name = info.get("label", r.model)
+                name = name if row_key == r.model else f"{name} [{r.weights_hash[:8]}]"
+                random_init = is_random_init(r.meta, r.weights_hash)
                 rows[row_key] = Row(
                     row_key,
                     r.model,
-                    name if row_key == r.model else f"{name} [{r.weights_hash[:8]}]",
+                    name + (RANDOM_INIT_MARK if random_init else ""),
                     r.model_family,
                     r.method,
                     r.params_count,
                     r.weights_hash,
+                    random_init=random_init,
+                    paper_config=is_paper_configuration(dataset, r.model, r.meta, r.weights_hash),
                 )
             by_cell[(row_key, column_key(r.attack, r.attack_params))].append(r)
 
         for (row_key, col_key), cell_runs in by_cell.items():
             run = _pick(cell_runs)
-            paper = _paper_for(dataset, run.model, run.attack, run.attack_params, adv_metric, metrics)
+            paper = _paper_for(rows[row_key], dataset, run.attack, run.attack_params, adv_metric, metrics)
             source = "clean run" if run.attack == CLEAN else f"{run.attack} run"
             if len(cell_runs) > 1:
                 source += f" (1 of {len(cell_runs)} stored runs for this cell: the largest, newest)"
@@ -393,7 +438,7 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
             # no clean run in this group: a clean run of the same weights under another profile, else the
             # clean pass the attack runs made on their own examples
             other = clean_anywhere.get((dataset, row.model, row.weights_hash))
-            paper = _paper_for(dataset, row.model, CLEAN, {}, adv_metric, metrics)
+            paper = _paper_for(row, dataset, CLEAN, {}, adv_metric, metrics)
             if other:
                 subsets = {r.subset for (rk, _), rs in by_cell.items() if rk == row.key for r in rs}
                 # prefer a clean run over the same examples as the attacks
@@ -421,13 +466,25 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
         ordered = sorted(
             rows.values(), key=lambda r: (r.family != "handcrafted", _model_rank(r.model), r.key)
         )
-        slug = f"{dataset}-{profile}-{adv_metric}" + ("-emulated" if emulate else "")
+        table_slug = f"{dataset}-{profile}-{adv_metric}" + ("-emulated" if emulate else "")
         title = f"{label}: accuracy (%) under attack, profile {profile!r}"
         if adv_metric != "perturbed":
             title += f", {adv_metric} accuracy"
         if emulate:
             title += ", EMULATED normalized-input attacks (the released code's flaw)"
         notes = []
+        if any(r.random_init for r in ordered):
+            notes.append(
+                f"Rows marked{RANDOM_INIT_MARK} are untrained networks (a random initialisation under the "
+                "study's seed): their accuracies say nothing about the architecture."
+            )
+        if any(not r.paper_config and r.model in paper_data()["models"] for r in ordered) and (
+            dataset in PAPER_COUNTERPART
+        ):
+            notes.append(
+                "The paper's printed values stand only beside rows that are the paper's configuration "
+                "(its architecture without overrides, trained weights)."
+            )
         counterpart = PAPER_COUNTERPART.get(dataset)
         paper_ref = {"cifar10": "Table 1", "cifar100": "Table 2", "imagenet": "Table 3"}.get(
             counterpart or ""
@@ -440,7 +497,7 @@ def tables_from_results(results: Sequence[RunResult], store: Any = None) -> list
                 f"Measured on {label}; paper values are the paper's {paper_label} numbers ({paper_ref})."
             )
         table = Table(
-            f"main-{slug}",
+            slug(f"main-{table_slug}"),
             title,
             "main",
             dataset,
@@ -486,7 +543,7 @@ def _family_tables(main: Table) -> list[Table]:
         )
         out.append(
             Table(
-                f"family-{method.lower().replace(' ', '_')}-{main.id.removeprefix('main-')}",
+                slug(f"family-{method.lower().replace(' ', '_')}-{main.id.removeprefix('main-')}"),
                 f"{main.dataset_label}: the {method} family by parameter count, profile {main.profile!r}",
                 "family",
                 main.dataset,

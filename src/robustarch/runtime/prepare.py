@@ -121,6 +121,24 @@ class _ChannelsLastInput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
+    # The wrapped model's normalization stays visible: an attack emulating the released code's
+    # normalized-input flaw reads mean/std (and the bare network) from the model it is given.
+    @property
+    def mean(self) -> Tensor | None:
+        return getattr(self.model, "mean", None)
+
+    @property
+    def std(self) -> Tensor | None:
+        return getattr(self.model, "std", None)
+
+    @property
+    def net(self) -> nn.Module | None:
+        return getattr(self.model, "net", None)
+
+    @property
+    def pad_to(self) -> int | None:
+        return getattr(self.model, "pad_to", None)
+
 
 def _fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     """Fold each eval-mode BatchNorm2d into the Conv2d whose output only it consumes (found with torch.fx).
