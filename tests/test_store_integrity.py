@@ -552,3 +552,17 @@ def test_cli_check_repair_salvage(tmp_path, capsys):
     assert "kept the damaged file as" in out and list(tmp_path.glob("s.sqlite.damaged-*"))
     assert main(["store", "check", str(tmp_path / "absent.sqlite")]) == 2
     assert not (tmp_path / "absent.sqlite").exists()
+
+
+def test_the_report_names_a_damaged_run_and_leaves_it_out(tmp_path):
+    from robustarch.report import collect
+
+    store, outs = three_runs(tmp_path / "s.sqlite")
+    victim = sorted(outs)[1]
+    store._db.execute("DELETE FROM examples WHERE run_id = ? AND chunk_index = 0", (victim,))
+    report = collect(store)
+    shown = {rid for t in report.tables for row in t.rows for c in row.cells.values() for rid in c.run_ids}
+    assert victim not in shown and victim not in {r.run_id for r in report.runs}
+    assert shown  # the undamaged runs are shown
+    note = next(line for line in report.intro if line.startswith("Left out: 1 damaged run"))
+    assert victim in note and "recomputes" in note
