@@ -16,7 +16,6 @@ key once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +23,6 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 
 from robustarch.data._dataset import ImageDataset
 from robustarch.data.errors import CacheError
+from robustarch.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +66,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): builds of one key by parallel workers may repeat, never corrupt
-        yield
-        return
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _problem(folder: Path, key: str, ds: ImageDataset, verify: bool) -> str | None:
@@ -189,7 +173,7 @@ def cached(
     if folder.is_dir() and _problem(folder, key, ds, verify) is None:
         log.debug("cache hit %s", folder)
         return _open(folder, ds)
-    with _locked(root / f"{key}.lock"):
+    with file_lock(root / f"{key}.lock"):
         problem = _problem(folder, key, ds, verify) if folder.exists() else None
         if folder.exists() and problem is None:
             return _open(folder, ds)  # another worker built it while this one waited for the lock

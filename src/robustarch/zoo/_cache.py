@@ -11,17 +11,16 @@ a file that changes on the server or on disk afterwards is refused.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from robustarch.errors import RobustarchError
+from robustarch.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +69,6 @@ def digest(path: Path) -> dict[str, str]:
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return {p.relative_to(path).as_posix(): file_sha256(p) for p in files}
     return {"": file_sha256(path)}
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created), so that torchrun ranks or parallel jobs sharing a
-    cache download a file once; a no-op where ``fcntl`` does not exist (Windows)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lock_path() -> Path:
