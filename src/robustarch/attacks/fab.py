@@ -272,6 +272,19 @@ class _FABBase(Attack):
             )
 
 
+# AutoAttack's FAB defaults (fab_base.py), shared by FAB and FAB-T
+FAB_DEFAULTS: dict[str, Any] = {
+    "eps": 8 / 255,
+    "norm": "Linf",
+    "steps": 100,
+    "restarts": 1,
+    "alpha_max": 0.1,
+    "eta": 1.05,
+    "beta": 0.9,
+    "start_scale": 0.5,
+}
+
+
 @register_attack
 class FAB(_FABBase):
     """Untargeted FAB (L-inf or L2). Parameters: ``eps``, ``norm``, ``steps``, ``restarts``, ``alpha_max``,
@@ -280,19 +293,7 @@ class FAB(_FABBase):
 
     name = "fab"
     title = "FAB"
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "standard": {
-            "eps": 8 / 255,
-            "norm": "Linf",
-            "steps": 100,
-            "restarts": 1,
-            "alpha_max": 0.1,
-            "eta": 1.05,
-            "beta": 0.9,
-            "start_scale": 0.5,
-            "n_classes": 10,
-        }
-    }
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {"standard": {**FAB_DEFAULTS, "n_classes": 10}}
 
     def validate(self) -> None:
         super().validate()
@@ -323,19 +324,7 @@ class FABT(_FABBase):
     name = "fab-t"
     title = "FAB-T"
     targeted = True
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "standard": {
-            "eps": 8 / 255,
-            "norm": "Linf",
-            "steps": 100,
-            "restarts": 1,
-            "alpha_max": 0.1,
-            "eta": 1.05,
-            "beta": 0.9,
-            "start_scale": 0.5,
-            "n_target_classes": 9,
-        }
-    }
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {"standard": {**FAB_DEFAULTS, "n_target_classes": 9}}
 
     def validate(self) -> None:
         super().validate()
