@@ -30,23 +30,13 @@ from robustarch.runtime import prepare_for_attack
 from robustarch.store import Store
 from robustarch.zoo import save_checkpoint
 from test_attacks import FASHION, FASHION_MEAN, FASHION_STD, trained_model_and_data
+from test_engine import Pairs
 
 REPO = Path(__file__).resolve().parents[1]
 FACTORY = f"{REPO / 'tests' / 'models_for_tests.py'}:tiny_cnn"
 N = 48
 BATCH = 16
 ATTACKS = ["fgsm", ("pgd", {"steps": 3})]
-
-
-class Pairs(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i])
 
 
 @pytest.fixture(scope="module")
