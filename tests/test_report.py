@@ -358,7 +358,7 @@ def test_table_layout(built):
         "PGD (eps=1/255)",
         "PGD (eps=2/255)",
         "PGD (eps=0.3)",
-        "SQUARE",
+        "Square",  # the title its class declares
         "Worst case (eps <= 8/255)",
     ]
     # the worst case at a budget combines the attacks within it: sweep points above it are left out

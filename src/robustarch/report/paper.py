@@ -148,9 +148,16 @@ def model_info(model: str) -> dict[str, Any]:
 
 
 def attack_label(attack: str) -> str:
-    """How the paper names an attack; other attacks get their registry name in capitals."""
+    """How the paper names an attack; other attacks by the title their class declares (``APGD-CE``,
+    ``Square``, ``AutoAttack``), an unknown id in capitals."""
     spec = paper_data()["attacks"].get(attack)
-    return spec["label"] if spec else attack.upper().replace("_", "-")
+    if spec:
+        return spec["label"]
+    from robustarch import attacks
+
+    if attack in attacks.list_attacks():
+        return attacks.attack_class(attack).title
+    return attack.upper().replace("_", "-")
 
 
 def paper_table(table_id: str) -> dict[str, Any]:
