@@ -5,7 +5,15 @@ from robustarch.runtime import exit_process
 from robustarch.train.adversarial import AdversarialTraining, adversarial_loss, perturb, start_noise
 from robustarch.train.overfitting import RobustnessCheck, describe_overfitting, detect_overfitting, measure
 from robustarch.train.recipes import RECIPES, Augment, Recipe, default_recipe, get_recipe, list_recipes
-from robustarch.train.trainer import TrainConfig, Trainer, TrainResult, dataset_hash, hold_out, train
+from robustarch.train.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    dataset_hash,
+    hold_out,
+    init_distributed,
+    train,
+)
 
 __all__ = [
     "RECIPES",
@@ -24,6 +32,7 @@ __all__ = [
     "exit_process",
     "get_recipe",
     "hold_out",
+    "init_distributed",
     "list_recipes",
     "measure",
     "perturb",

@@ -67,7 +67,8 @@ class TrainConfig:
     dataset: str
     data_root: str | Path
     out: str | Path
-    recipe: str | None = None  # default: the published recipe of the model's method
+    # a recipe name or a Recipe; default: the published recipe of the model's method
+    recipe: str | Recipe | None = None
     epochs: int | None = None
     batch_size: int | None = None  # global batch
     lr: float | None = None
@@ -125,6 +126,12 @@ class _Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA), if any; returns this process's
+    place in it (world size, rank; ``close()`` tears a group it created down) and its device."""
+    return _init_distributed(device)
 
 
 def _init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
@@ -612,7 +619,10 @@ class Trainer:
 
 
 def resolve_recipe(config: TrainConfig, method: str, family: str, dataset_family: str) -> Recipe:
-    base = get_recipe(config.recipe) if config.recipe else default_recipe(method, family, dataset_family)
+    if isinstance(config.recipe, Recipe):
+        base = config.recipe
+    else:
+        base = get_recipe(config.recipe) if config.recipe else default_recipe(method, family, dataset_family)
     if base.dataset_family != dataset_family:
         log.warning(
             "recipe %s was published for %s-style data; dataset %s is %s-style",
