@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "robustarch.cli.evaluate",
     "robustarch.cli.report",
     "robustarch.cli.train",
+    "robustarch.cli.search",
 )
 
 
