@@ -146,6 +146,7 @@ def test_a_tiny_protocol_end_to_end(tmp_path, capsys):
             and r["seeds"] == [0]
             and r["params"] == count_parameters("resnet18", "fashion-mnist", width=4, layers=[1, 1, 1, 1])
         )
+        assert r["flags_ok"] > 0 and not r["flags"]  # the store's reliability checks ran, none warns
         assert r["worst"][0] <= r["clean"][0] and r["pgd"][0] != r["pgd"][0]  # no PGD in this study: NaN
     assert "### Architectures under one protocol: tiny" in (out / "one-protocol.md").read_text()
     assert 'attacks = ["fgsm"]' in (out / "study.toml").read_text()

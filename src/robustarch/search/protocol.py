@@ -495,7 +495,8 @@ def protocol_table(
     store_path: str | Path, run_ids: Sequence[str], jobs: Sequence[Job], train_dir: Path
 ) -> list[dict[str, Any]]:
     """One row per (architecture, variant): parameters, clean / PGD / worst-case accuracy over the seeds with
-    95% intervals, reliability flags (warn/fail counts) and catastrophic-overfitting events in training."""
+    95% intervals, reliability flags (those not ok, and the count of ok ones) and the training's
+    catastrophic-overfitting events."""
     from robustarch.store import Store
 
     store = Store(str(store_path))
@@ -524,8 +525,9 @@ def protocol_table(
             for column, attack in (("clean", None), ("pgd", "pgd"), ("worst", "*")):
                 row[column] = _interval([_seed_counts(store, res, attack) for res in results])
             row["n"] = _seed_counts(store, results[0], None)[1]
-            flags = [f for res in results for r in res for f in r.flags if f.status in ("warn", "fail")]
-            row["flags"] = sorted(f"{f.check}:{f.status}" for f in flags)
+            flags = [f for res in results for r in res for f in r.flags]
+            row["flags"] = sorted(f"{f.check}:{f.status}" for f in flags if f.status in ("warn", "fail"))
+            row["flags_ok"] = sum(f.status == "ok" for f in flags)
             row["overfitting"] = [e for j in members if (e := _overfit_event(train_dir / j.model_id))]
             rows.append(row)
         return rows
@@ -562,9 +564,12 @@ def render_table(rows: Sequence[dict[str, Any]], protocol: Protocol) -> str:
     def cell(v: tuple[float, float, float]) -> str:
         return f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if v[0] == v[0] else "-"
 
+    def flags(r: dict[str, Any]) -> str:
+        return ", ".join(r["flags"]) or f"all {r['flags_ok']} ok"
+
     body = [
         f"| {r['architecture']} | {r['variant']} | {r['params'] / 1e6:.2f} | {len(r['seeds'])} | {r['n']} | "
-        f"{cell(r['clean'])} | {cell(r['pgd'])} | {cell(r['worst'])} | {', '.join(r['flags']) or 'clean'} | "
+        f"{cell(r['clean'])} | {cell(r['pgd'])} | {cell(r['worst'])} | {flags(r)} | "
         f"{len(r['overfitting']) or 'none'} |"
         for r in rows
     ]
