@@ -347,3 +347,19 @@ def test_bad_search_input_gets_clear_errors(tmp_path):
     with pytest.raises(RobustarchError, match="divisible"):
         Supernet(6, 10, 3, k=4)
     assert main(["search", "--dataset", "fashion-mnist", "--out", str(tmp_path), "--C", "0"]) == 2
+
+
+def test_the_search_commands_do_not_import_torch_for_help():
+    code = (
+        "import sys; from robustarch.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+    for command in ("search", "compare"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "robustarch", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0 and "usage: robustarch " + command in proc.stdout
