@@ -50,11 +50,14 @@ def tiny_overrides(spec: zoo.ModelSpec) -> dict:
 
 
 def one_spec_per_family() -> list[zoo.ModelSpec]:
-    """One study model per (network family file, dataset family): every code path that builds a network.
-    Entries that need a user-supplied config (the generic DenseNAS entry) are not candidates."""
+    """One study model per (network family file, dataset family, standard or adversarial default recipe):
+    every code path that builds a network, and every kind of training its default recipe runs (the robust-NAS
+    cells train adversarially). Entries that need a user-supplied config (the generic DenseNAS entry) are not
+    candidates."""
     seen, out = set(), []
     for spec in zoo.list_specs(variants=False):
-        key = (spec.builder.__module__, spec.dataset_family)
+        adversarial = default_recipe(spec.method, spec.family, spec.dataset_family).adversarial is not None
+        key = (spec.builder.__module__, spec.dataset_family, adversarial)
         params = inspect.signature(spec.builder).parameters
         needs_config = "net_config" in params and "net_config" not in spec.arch_kwargs("imagenet")
         if key not in seen and not needs_config:
