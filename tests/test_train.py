@@ -50,11 +50,14 @@ def tiny_overrides(spec: zoo.ModelSpec) -> dict:
 
 
 def one_spec_per_family() -> list[zoo.ModelSpec]:
-    """One study model per (network family file, dataset family): every code path that builds a network.
-    Entries that need a user-supplied config (the generic DenseNAS entry) are not candidates."""
+    """One study model per (network family file, dataset family, standard or adversarial default recipe):
+    every code path that builds a network, and every kind of training its default recipe runs (the robust-NAS
+    cells train adversarially). Entries that need a user-supplied config (the generic DenseNAS entry) are not
+    candidates."""
     seen, out = set(), []
     for spec in zoo.list_specs(variants=False):
-        key = (spec.builder.__module__, spec.dataset_family)
+        adversarial = default_recipe(spec.method, spec.family, spec.dataset_family).adversarial is not None
+        key = (spec.builder.__module__, spec.dataset_family, adversarial)
         params = inspect.signature(spec.builder).parameters
         needs_config = "net_config" in params and "net_config" not in spec.arch_kwargs("imagenet")
         if key not in seen and not needs_config:
@@ -116,7 +119,9 @@ def test_schedules(name):
     assert all(0 <= v <= 1 + 1e-12 for v in values)
     # peaks at the base lr (P-DARTS ImageNet: its warmup ends where the linear decay has begun)
     assert max(values) == pytest.approx(1.0, abs=0.02)
-    assert values[-1] < 0.05  # every published schedule decays over its published length
+    # every published schedule decays over its published length (TRADES: x0.1 for its last 2 of 76 epochs;
+    # the cyclic one reaches 0 one step after the last)
+    assert values[-1] < {"trades": 0.11, "fast-at": 2.01 / len(values)}.get(r.name, 0.05)
     if r.schedule == "cosine":  # per-epoch values: constant within an epoch, cos between epochs
         assert values[0] == values[1] == 1.0
         eta = r.schedule_params.get("eta_min", 0) / r.lr
@@ -127,15 +132,68 @@ def test_schedules(name):
     if r.schedule == "step":
         size, gamma = r.schedule_params["step_size"], r.schedule_params["gamma"]
         assert values[2 * size] == pytest.approx(gamma) and values[2 * size - 1] == 1.0
+    if r.schedule in ("multistep", "cyclic"):  # per-step schedules, against torch's own schedulers
+        assert values == pytest.approx(_torch_schedule(r, steps_per_epoch=2), abs=1e-9)
+
+
+def _torch_schedule(r, steps_per_epoch):
+    """The learning-rate factors torch's MultiStepLR / CyclicLR give, stepped once per optimizer step (the
+    references: MadryLab's step_size_schedule and TRADES' adjust_learning_rate are multi-step, Wong's
+    train_fgsm.py uses CyclicLR with step_size_up = step_size_down = lr_steps / 2)."""
+    total = r.epochs * steps_per_epoch
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, momentum=0.9)
+    if r.schedule == "multistep":
+        # a milestone at a fraction of the run falls on the step floor(fraction * total), as recipes.py says
+        milestones = [math.floor(m * total + 1e-9) for m in r.schedule_params["milestones"]]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=r.schedule_params["gamma"])
+    else:
+        sched = torch.optim.lr_scheduler.CyclicLR(
+            opt,
+            base_lr=0.0,
+            max_lr=1.0,
+            step_size_up=total / 2,
+            step_size_down=total / 2,
+            cycle_momentum=False,
+        )
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_adversarial_recipes_hold_the_published_numbers():
+    pgd, trades, fast = get_recipe("pgd-at"), get_recipe("trades"), get_recipe("fast-at")
+    # MadryLab config.json: 80,000 steps of 128 (205 epochs), lr 0.1/0.01/0.001, wd 2e-4, PGD-10 2/255
+    assert (pgd.epochs, pgd.batch_size, pgd.lr, pgd.weight_decay, pgd.augment.crop_padding) == (
+        205, 128, 0.1, 2e-4, 2,
+    )  # fmt: skip
+    assert (pgd.adversarial.steps, pgd.adversarial.alpha, pgd.adversarial.start) == (10, 2 / 255, "uniform")
+    assert pgd.adversarial.bn_mode == "train" and pgd.schedule_params["milestones"] == (0.5, 0.75)
+    # TRADES train_trades_cifar10.py / trades.py: 76 epochs, eps 0.031, 10 x 0.007, beta 6, eval-mode attack
+    a = trades.adversarial
+    assert (trades.epochs, trades.lr, trades.weight_decay) == (76, 0.1, 2e-4)
+    assert (a.method, a.eps, a.alpha, a.steps, a.beta, a.start, a.start_std, a.bn_mode) == (
+        "trades", 0.031, 0.007, 10, 6.0, "normal", 0.001, "eval",
+    )  # fmt: skip
+    # Wong et al. train_fgsm.py: 15 epochs, cyclic 0 -> 0.2, wd 5e-4, eps 8/255, alpha 10/255, early stop
+    a = fast.adversarial
+    assert (fast.epochs, fast.lr, fast.weight_decay, fast.schedule) == (15, 0.2, 5e-4, "cyclic")
+    assert (a.method, a.eps, a.alpha, a.steps, a.start) == ("fgsm-rs", 8 / 255, 10 / 255, 1, "uniform")
+    assert fast.check.action == "stop" and fast.check.drop == 0.2
+    assert pgd.check.action == trades.check.action == "flag"
 
 
 @pytest.mark.parametrize("spec", zoo.list_specs(), ids=lambda s: f"{s.name}-{s.dataset_family}")
 def test_every_model_has_a_published_default_recipe(spec):
     r = default_recipe(spec.method, spec.family, spec.dataset_family)
     assert r.dataset_family == spec.dataset_family
-    if spec.family == "nas" and spec.dataset_family == "cifar":
+    if spec.family == "nas" and spec.dataset_family == "cifar" and r.adversarial is None:
         assert r.aux_weight == 0.4 and r.augment.cutout == 16
         assert "auxiliary" in inspect.signature(spec.builder).parameters
+    if spec.method in ("AdvRush", "RACL"):  # their authors train them adversarially
+        assert r.adversarial is not None
 
 
 # ------------------------------------------------------------------------------------------- augmentation
@@ -348,3 +406,13 @@ def _two_ranks():
     from robustarch.train.trainer import _Dist
 
     return _Dist(world=5, rank=0)  # the recipe's global batch of 96 does not split 5 ways
+
+
+def test_list_recipes_lists_every_recipe(capsys):
+    from robustarch.cli import main
+
+    assert main(["train", "--list-recipes"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")}
+    assert listed == set(RECIPES)
+    assert "FGSM-RS (8/255, step 10/255" in out and "on overfit: stop" in out

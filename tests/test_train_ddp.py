@@ -22,7 +22,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 # A network without BatchNorm: with it, each process normalizes its half batch with its own statistics
 # (SyncBatchNorm has no CPU implementation), and one process and two are then different computations.
-# Without it, the only difference left is the order of floating-point sums.
+# Without it, the only difference left is the order of floating-point sums. In float64: adversarial training
+# takes the sign of input gradients, and in float32 a component near 0 flips sign under another summation
+# order, moving a pixel by 2 alpha (float32 weights then differ by ~5e-5 after 12 steps, too close to the
+# ~4e-4 of a wrong random-start row); in float64 they agree to ~1e-16 and that bug still moves them by 1e-4.
 WORKER = textwrap.dedent(
     """
     import sys, torch
@@ -36,12 +39,17 @@ WORKER = textwrap.dedent(
     d, device = _init_distributed("cpu")
     train_set, _ = data.load("fashion-mnist", sys.argv[2], split="train", limit=192)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    class Double(nn.Module):
+        def forward(self, x):
+            return x.double()
+
+    net = nn.Sequential(Double(), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                        nn.Flatten(), nn.Dropout(0.0), nn.Linear(64, 10))
+                        nn.Flatten(), nn.Dropout(0.0), nn.Linear(64, 10)).double()
     model = Normalized(net, [0.286], [0.353])
-    # DARTS protocol: shuffling, crop + flip + cutout, gradient clipping, cosine schedule, momentum
-    recipe = get_recipe("darts-cifar").with_overrides(epochs=2, batch_size=32, lr=0.05)
+    # DARTS protocol: shuffling, crop + flip + cutout, gradient clipping, cosine schedule, momentum;
+    # TRADES: random starts drawn for the global batch, eval-mode attack, two forwards through DDP
+    recipe = get_recipe(sys.argv[3]).with_overrides(epochs=2, batch_size=32, lr=0.05)
     trainer = Trainer(model, train_set, recipe, out=sys.argv[1], seed=3, progress=False, dist_info=d)
     trainer.fit()
     if d.main:
@@ -58,18 +66,19 @@ def _run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_two_gloo_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("recipe", ["darts-cifar", "pgd-at", "trades"])
+def test_two_gloo_processes_train_like_one(recipe, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    _run([sys.executable, str(script), str(one), str(FMNIST)])
-    _run([*TORCHRUN, str(script), str(two), str(FMNIST)])
+    _run([sys.executable, str(script), str(one), str(FMNIST), recipe])
+    _run([*TORCHRUN, str(script), str(two), str(FMNIST), recipe])
     a = torch.load(one / "final.pt", weights_only=True)
     b = torch.load(two / "final.pt", weights_only=True)
     for (k, w1), w2 in zip(a["state"].items(), b["state"].values(), strict=True):
-        torch.testing.assert_close(w2, w1, rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(w2, w1, rtol=1e-7, atol=1e-9, msg=k)
     for h1, h2 in zip(a["history"], b["history"], strict=True):  # the all-reduced epoch statistics
         assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-5)
         assert h1["train_acc"] == h2["train_acc"]

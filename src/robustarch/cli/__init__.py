@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "robustarch.cli.report",
     "robustarch.cli.store",
     "robustarch.cli.train",
+    "robustarch.cli.search",
 )
 
 

@@ -30,10 +30,12 @@ def parse_arch(items: list[str] | None) -> dict[str, Any]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a zoo network with its published recipe",
+        help="train a zoo network with its published recipe (or adversarially: pgd-at, trades, fast-at)",
         description=(
             "Train a network of the zoo from scratch with a published recipe (default: the one of the "
-            "model's method). A checkpoint is written after every epoch; running the same command again "
+            "model's method), standard or adversarial (pgd-at, trades, fast-at; each epoch they check "
+            "clean/FGSM/PGD accuracy on held-out training images and stop or flag catastrophic "
+            "overfitting). A checkpoint is written after every epoch; running the same command again "
             "resumes from it. The result (OUT/model.pt) loads with robustarch.zoo.load(MODEL, DATASET, "
             "weights=...). Under torchrun the run uses DDP (gloo on CPU, NCCL on GPU)."
         ),
@@ -70,7 +72,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--arch",
         action="append",
         metavar="KEY=VALUE",
-        help="architecture override for zoo.build, repeatable (e.g. --arch C=16 --arch layers=8)",
+        help="architecture override for zoo.build, repeatable (e.g. --arch C=16 --arch layers=8; "
+        "--arch genotype=DIR/genotype.json trains a cell robustarch search found)",
+    )
+    p.add_argument(
+        "--check-images",
+        type=int,
+        metavar="N",
+        help="hold N training images out for the per-epoch robustness check (default: the recipe's, 500 "
+        "for the adversarial recipes; 0 = no check)",
+    )
+    p.add_argument(
+        "--on-overfit",
+        choices=["stop", "flag"],
+        help="on catastrophic overfitting (PGD accuracy falling > 0.2 below the best epoch while FGSM "
+        "accuracy rises): stop and keep the best epoch's weights, or record it and go on (default: the "
+        "recipe's; fast-at stops)",
     )
     p.add_argument(
         "--workers", type=int, default=0, help="DataLoader worker processes for data decoded on access"
@@ -109,6 +126,8 @@ def _print_recipes() -> None:
             f"drop path {r.drop_path}" if r.drop_path else "",
             f"clip {r.grad_clip}" if r.grad_clip else "",
             f"label smoothing {r.label_smoothing}" if r.label_smoothing else "",
+            f"adversarial {r.adversarial.describe()}" if r.adversarial else "",
+            f"check {r.check.images} held-out images, on overfit: {r.check.action}" if r.check else "",
         ]
         print(
             f"{r.name:22s} {r.dataset_family:8s} {r.epochs:4d} ep  batch {r.batch_size:4d}  lr {r.lr:g}  "
@@ -151,14 +170,21 @@ def run_train(args: argparse.Namespace) -> int:
             test_subset=args.test_subset,
             test_limit=args.test_limit,
             arch=parse_arch(args.arch),
+            check_images=args.check_images,
+            on_overfit=args.on_overfit,
             workers=args.workers,
             progress=not args.no_progress,
         )
     )
     print(
         f"{args.model} on {args.dataset}: clean accuracy {result.clean_accuracy:.4f} on {result.n_test} test "
-        f"examples after {result.epochs} epochs of {result.recipe} ({result.wall_s:.0f} s) -> {result.path}"
+        f"examples after {result.epochs_trained} epochs of {result.recipe} ({result.wall_s:.0f} s) -> "
+        f"{result.path}"
     )
+    if result.catastrophic_overfitting:
+        from robustarch.train.overfitting import describe_overfitting
+
+        print(f"warning: {describe_overfitting(result.catastrophic_overfitting)}")
     return 0
 
 

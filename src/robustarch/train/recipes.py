@@ -4,6 +4,13 @@ The study (Devaguptapu et al., 2020, Sec. 3) either used the authors' weights or
 scratch until we obtain the performance reported in the respective papers", i.e. with each paper's own
 protocol. Every :class:`Recipe` below is one such protocol, with the script or paper it was read from.
 
+Beyond the paper, three adversarial-training protocols (a recipe with ``adversarial`` set): ``pgd-at``
+(Madry et al. 2018, MadryLab/cifar10_challenge ``config.json``), ``trades`` (Zhang et al. 2019,
+yaodongyu/TRADES ``train_trades_cifar10.py``, beta 6) and ``fast-at`` (Wong et al. 2020,
+locuslab/fast_adversarial ``CIFAR10/train_fgsm.py``: FGSM with a random start and a cyclic learning rate).
+They also carry a per-epoch robustness check (``check``) that detects catastrophic overfitting
+(:mod:`robustarch.train.overfitting`).
+
 Known, deliberate deviations from the reference scripts (all negligible at the published epoch counts):
 
 * The DARTS-family and NSGA-Net scripts call ``scheduler.step()`` at the *start* of every epoch (PyTorch <
@@ -23,8 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from robustarch.errors import UnknownNameError
+from robustarch.train.adversarial import AdversarialTraining
+from robustarch.train.overfitting import RobustnessCheck
 
-Schedule = Literal["cosine", "warmup_cosine", "step", "linear_warmup_decay"]
+Schedule = Literal["cosine", "warmup_cosine", "step", "linear_warmup_decay", "multistep", "cyclic"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class Recipe:
     drop_path: float = 0.0  # final drop-path / droprate, ramped linearly from 0: p * epoch / epochs
     grad_clip: float | None = None  # max global L2 norm of the gradient
     label_smoothing: float = 0.0
+    # adversarial training: how training examples are perturbed (None = standard training) and the
+    # per-epoch robustness check on held-out images that detects catastrophic overfitting
+    adversarial: AdversarialTraining | None = None
+    check: RobustnessCheck | None = None
     notes: str = ""
 
     def with_overrides(self, **changes: Any) -> Recipe:
@@ -118,6 +131,23 @@ class Recipe:
                 e = step // steps_per_epoch
                 f = (epochs - 5 - e) / (epochs - 5) if epochs - e > 5 else (epochs - e) / ((epochs - 5) * 5)
                 return f * (e + 1) / warm if e < warm else f
+
+        elif self.schedule == "multistep":
+            # MultiStepLR at fractions of the whole run, per optimizer step (Madry: x0.1 at 40k and 60k of
+            # 80k steps; TRADES: x0.1 from epoch 75 of 76, 1-based)
+            bounds = [math.floor(m * total + 1e-9) for m in p["milestones"]]
+            gamma = p["gamma"]
+
+            def factor(step: int) -> float:
+                return gamma ** sum(step >= b for b in bounds)
+
+        elif self.schedule == "cyclic":
+            # torch's triangular CyclicLR from 0 up to lr over the first half of the steps and back to 0
+            # (locuslab/fast_adversarial: step_size_up = step_size_down = lr_steps / 2)
+            half = total / 2
+
+            def factor(step: int) -> float:
+                return max(0.0, 1.0 - abs(min(step, total) / half - 1.0))
 
         else:  # pragma: no cover - guarded by the Literal type and the recipe tests
             raise ValueError(f"unknown schedule {self.schedule!r}")
@@ -261,6 +291,73 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 
+_CROP_FLIP = Augment(crop_padding=4, hflip=True)
+
+ADVERSARIAL_RECIPES: tuple[Recipe, ...] = (
+    Recipe(
+        name="pgd-at",
+        dataset_family="cifar",
+        source="Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR 2018); "
+        "MadryLab/cifar10_challenge config.json (80,000 steps of 128 = 205 epochs, lr 0.1 x0.1 at 40k and "
+        "60k, wd 2e-4; PGD-10, 8/255, step 2/255, random start) and cifar10_input.py (pad 2, crop, flip)",
+        epochs=205,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=2e-4,
+        schedule="multistep",
+        schedule_params={"milestones": (0.5, 0.75), "gamma": 0.1},
+        augment=Augment(crop_padding=2, hflip=True),
+        adversarial=AdversarialTraining("pgd", eps=8 / 255, alpha=2 / 255, steps=10, bn_mode="train"),
+        check=RobustnessCheck(action="flag"),
+        notes="the attack runs on the network in training mode, as the reference's TensorFlow graph does",
+    ),
+    Recipe(
+        name="trades",
+        dataset_family="cifar",
+        source="Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy (ICML "
+        "2019); yaodongyu/TRADES train_trades_cifar10.py and trades.py (76 epochs, lr 0.1 x0.1 from epoch "
+        "75, wd 2e-4, eps 0.031, 10 steps of 0.007 from x + N(0, 0.001^2), beta 6, eval-mode attack)",
+        epochs=76,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=2e-4,
+        schedule="multistep",
+        schedule_params={"milestones": (74 / 76,), "gamma": 0.1},
+        augment=_CROP_FLIP,
+        adversarial=AdversarialTraining(
+            "trades",
+            eps=0.031,
+            alpha=0.007,
+            steps=10,
+            start="normal",
+            start_std=0.001,
+            beta=6.0,
+            bn_mode="eval",
+        ),
+        check=RobustnessCheck(action="flag"),
+    ),
+    Recipe(
+        name="fast-at",
+        dataset_family="cifar",
+        source="Wong, Rice, Kolter, Fast is better than free: Revisiting adversarial training (ICLR 2020); "
+        "locuslab/fast_adversarial CIFAR10/train_fgsm.py (15 epochs, cyclic lr 0 -> 0.2 -> 0, wd 5e-4, "
+        "FGSM 8/255 with step 10/255 from a uniform start, --early-stop: PGD accuracy falling by > 0.2)",
+        epochs=15,
+        batch_size=128,
+        lr=0.2,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cyclic",
+        augment=_CROP_FLIP,
+        adversarial=AdversarialTraining("fgsm-rs", eps=8 / 255, alpha=10 / 255, steps=1, bn_mode="train"),
+        check=RobustnessCheck(action="stop"),
+        notes="the early-stop check runs on held-out training images (the reference: its first batch)",
+    ),
+)
+RECIPES.update({r.name: r for r in ADVERSARIAL_RECIPES})
+
 # Which recipe a model trains with by default: by the spec's `method`, per dataset family.
 _DEFAULTS: dict[tuple[str, str], str] = {
     ("DARTS", "cifar"): "darts-cifar",
@@ -271,6 +368,10 @@ _DEFAULTS: dict[tuple[str, str], str] = {
     ("P-DARTS", "imagenet"): "pdarts-imagenet",
     ("PC-DARTS", "imagenet"): "pdarts-imagenet",
     ("DenseNAS", "imagenet"): "densenas-imagenet",
+    # cells from robust architecture search: their authors train them adversarially (AdvRush's
+    # adv_train.py: PGD-7 adversarial training, which is also how it trains RACL's cell)
+    ("AdvRush", "cifar"): "pgd-at",
+    ("RACL", "cifar"): "pgd-at",
 }
 
 

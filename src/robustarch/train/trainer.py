@@ -12,10 +12,14 @@ scratch until we obtain the performance reported in the respective papers"; :fun
   history); running the same command again resumes from it, bit-exactly on CPU.
 * The result is saved with :func:`robustarch.zoo.save_checkpoint`, in the format
   :func:`robustarch.zoo.load` reads, with metadata: recipe, epochs, final clean accuracy, data hash.
+* Adversarial recipes (``pgd-at``, ``trades``, ``fast-at``; :mod:`robustarch.train.adversarial`) perturb
+  every training batch; their per-epoch check measures clean, FGSM and PGD accuracy on images held out from
+  the training split and stops or flags catastrophic overfitting (:mod:`robustarch.train.overfitting`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,7 +27,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +38,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from robustarch.errors import RobustarchError
 from robustarch.runtime import request_fast_exit
+from robustarch.train.adversarial import adversarial_loss, perturb, start_noise
 from robustarch.train.augment import augment_batch
+from robustarch.train.overfitting import (
+    RobustnessCheck,
+    describe_overfitting,
+    detect_overfitting,
+    measure,
+)
 from robustarch.train.recipes import Recipe, default_recipe, get_recipe
 
 log = logging.getLogger(__name__)
@@ -56,7 +67,8 @@ class TrainConfig:
     dataset: str
     data_root: str | Path
     out: str | Path
-    recipe: str | None = None  # default: the published recipe of the model's method
+    # a recipe name or a Recipe; default: the published recipe of the model's method
+    recipe: str | Recipe | None = None
     epochs: int | None = None
     batch_size: int | None = None  # global batch
     lr: float | None = None
@@ -70,6 +82,10 @@ class TrainConfig:
     test_subset: str | None = None
     test_limit: int | None = None
     arch: dict[str, Any] = field(default_factory=dict)  # architecture overrides for zoo.build
+    # the per-epoch robustness check: held-out training images (0 = no check) and what a detected
+    # catastrophic overfitting does; None = the recipe's
+    check_images: int | None = None
+    on_overfit: Literal["stop", "flag"] | None = None
     workers: int = 0
     progress: bool = True  # a progress bar per epoch (rank 0)
     eval_batch_size: int = 256
@@ -83,8 +99,10 @@ class TrainResult:
     epochs: int
     recipe: str
     data_hash: str
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     wall_s: float
+    catastrophic_overfitting: dict[str, Any] | None = None  # what the check detected, if anything
+    epochs_trained: int = 0  # fewer than `epochs` when the check stopped the run
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -108,6 +126,12 @@ class _Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA), if any; returns this process's
+    place in it (world size, rank; ``close()`` tears a group it created down) and its device."""
+    return _init_distributed(device)
 
 
 def _init_distributed(device: str | None) -> tuple[_Dist, torch.device]:
@@ -249,6 +273,7 @@ class Trainer:
         run_key: dict[str, Any] | None = None,
         dist_info: _Dist | None = None,
         channels_last: bool | None = None,
+        check_set: Dataset | None = None,
     ):
         self.recipe = recipe
         self.device = torch.device(device)
@@ -322,10 +347,33 @@ class Trainer:
         self.amp_dtype = (torch.bfloat16 if amp == "bf16" else torch.float16) if amp_on else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-        # augmentation draws come from their own generator, identical on every process (see augment.py)
+        # augmentation draws come from their own generator, identical on every process (see augment.py);
+        # so do the random starts of adversarial training
         self.aug_gen = torch.Generator().manual_seed(seed)
+        self.adv_gen = torch.Generator().manual_seed(seed + 0x5EED)
         self.epoch = 0  # epochs completed
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
+        self._init_check(check_set)
+
+    def _init_check(self, check_set: Dataset | None) -> None:
+        """The held-out images of the per-epoch robustness check (all in memory: a few hundred)."""
+        self.check_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.recipe.check is not None and self.recipe.check.images > 0 and check_set is not None:
+            bulk = _bulk_tensors(check_set)
+            if bulk is None:
+                pairs = [check_set[i] for i in range(len(check_set))]  # type: ignore[arg-type]
+                bulk = (torch.stack([p[0] for p in pairs]), torch.as_tensor([p[1] for p in pairs]))
+            self.check_data = bulk
+        self.best: dict[str, Any] | None = None  # the epoch with the best check PGD accuracy, and its weights
+        self.stopped = False
+        self.overfit: dict[str, Any] | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        """The [0, 1]-input model without a DDP wrapper (adversarial examples are computed on it)."""
+        return (
+            self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+        )
 
     # ---- checkpoint
 
@@ -334,7 +382,11 @@ class Trainer:
         return self.out / CHECKPOINT_NAME
 
     def _rng_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"torch": torch.get_rng_state(), "aug": self.aug_gen.get_state()}
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "aug": self.aug_gen.get_state(),
+            "adv": self.adv_gen.get_state(),
+        }
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -356,6 +408,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": every,
             "history": self.history,
+            "best": self.best,
+            "stopped": self.stopped,
+            "overfit": self.overfit,
         }
 
     def save_checkpoint(self) -> None:
@@ -391,10 +446,12 @@ class Trainer:
         rng = state["rng"][self.dist.rank]
         torch.set_rng_state(rng["torch"])
         self.aug_gen.set_state(rng["aug"])
+        self.adv_gen.set_state(rng["adv"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        self.best, self.stopped, self.overfit = state["best"], bool(state["stopped"]), state["overfit"]
         log.info("resumed from %s after epoch %d", path, self.epoch)
         return True
 
@@ -412,12 +469,14 @@ class Trainer:
         )
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with ctx:
-            logits, aux = _split_output(self.model(x))
-            loss = self.criterion(logits, y)
-            if r.aux_weight and aux is not None:
-                loss = loss + r.aux_weight * self.criterion(aux, y)
+        if r.adversarial is not None:
+            loss, logits = self._adversarial_loss(x, y)
+        else:
+            with self._autocast():
+                logits, aux = _split_output(self.model(x))
+                loss = self.criterion(logits, y)
+                if r.aux_weight and aux is not None:
+                    loss = loss + r.aux_weight * self.criterion(aux, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if r.grad_clip:
@@ -428,7 +487,24 @@ class Trainer:
         self.scheduler.step()
         return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
 
-    def train_epoch(self) -> dict[str, float]:
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def _adversarial_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Perturb the batch (random start drawn for the global batch, this process's rows), then the
+        recipe's adversarial loss through the (DDP) model."""
+        spec = self.recipe.adversarial
+        assert spec is not None
+        shape = (len(x) * self.dist.world, *x.shape[1:])
+        noise = start_noise(spec, shape, self.adv_gen, slice(self.dist.rank, None, self.dist.world))
+        scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        x_adv = perturb(self.module, x, y, spec, noise, grad_scale=scale, autocast=self._autocast)
+        if self.channels_last:
+            x_adv = x_adv.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return adversarial_loss(self.model, x, y, x_adv, spec, self.criterion, self.recipe.aux_weight)
+
+    def train_epoch(self) -> dict[str, Any]:
         r, e = self.recipe, self.epoch
         self.sampler.set_epoch(e)
         _set_drop_path(self.net, r.drop_path * e / r.epochs)
@@ -473,7 +549,6 @@ class Trainer:
             "train_acc": totals[1].item() / totals[2].item(),
             "seconds": time.perf_counter() - t0,
         }
-        self.history.append(record)
         if self.dist.main:
             log.info(
                 "%s epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  (%.1f s)",
@@ -485,12 +560,57 @@ class Trainer:
                 record["train_acc"],
                 record["seconds"],
             )
+        if self.check_data is not None:
+            record["check"] = self._robustness_check()
+        self.history.append(record)
         self.save_checkpoint()
         return record
 
-    def fit(self) -> list[dict[str, float]]:
-        """Train the remaining epochs (all of them, or those after the checkpoint it resumed from)."""
-        while self.epoch < self.recipe.epochs:
+    def _robustness_check(self) -> dict[str, Any]:
+        """The per-epoch check: measure, keep the best epoch's weights, act on catastrophic overfitting."""
+        check = self.recipe.check
+        assert check is not None
+        result = self._measure_check(check)
+        earlier = [h["check"] for h in self.history if "check" in h]
+        event = detect_overfitting([*earlier, result], check.drop)
+        if event is None:
+            if self.best is None or result["pgd"] > self.best["pgd"]:
+                state = copy.deepcopy(self.net.state_dict())
+                self.best = {"epoch": self.epoch, "pgd": result["pgd"], "model": state}
+            return result
+        result["catastrophic_overfitting"] = True
+        self.overfit = self.overfit or event
+        if self.dist.main:
+            then = "stopping, with the weights of the best epoch" if check.action == "stop" else "going on"
+            log.warning("%s; %s (on_overfit=%s)", describe_overfitting(event), then, check.action)
+        if check.action == "stop" and self.best is not None:
+            self.stopped = True
+            self.net.load_state_dict(self.best["model"])
+        return result
+
+    def _measure_check(self, check: RobustnessCheck) -> dict[str, Any]:
+        """Clean / FGSM / PGD accuracy on the held-out images, measured by rank 0 and sent to every rank
+        (their BatchNorm buffers differ slightly under DDP, their decisions must not)."""
+        assert self.check_data is not None
+        values = torch.zeros(3, dtype=torch.float64)
+        if self.dist.main:
+            m = measure(self.module, *self.check_data, check, self.device)
+            values = torch.tensor([m["clean"], m["fgsm"], m["pgd"]], dtype=torch.float64)
+        if self.dist.world > 1:
+            values = values.to(self.device)
+            dist.broadcast(values, 0)
+            values = values.cpu()
+        clean, fgsm, pgd = values.tolist()
+        result = {"epoch": self.epoch, "n": len(self.check_data[1]), "clean": clean, "fgsm": fgsm, "pgd": pgd}
+        if self.dist.main:
+            log.info("check on %d held-out images: clean %.3f  FGSM %.3f  PGD-%d %.3f",
+                     result["n"], clean, fgsm, check.pgd_steps, pgd)  # fmt: skip
+        return result
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train the remaining epochs (all of them, or those after the checkpoint it resumed from), unless the
+        robustness check stopped the run."""
+        while self.epoch < self.recipe.epochs and not self.stopped:
             self.train_epoch()
         return self.history
 
@@ -499,7 +619,10 @@ class Trainer:
 
 
 def resolve_recipe(config: TrainConfig, method: str, family: str, dataset_family: str) -> Recipe:
-    base = get_recipe(config.recipe) if config.recipe else default_recipe(method, family, dataset_family)
+    if isinstance(config.recipe, Recipe):
+        base = config.recipe
+    else:
+        base = get_recipe(config.recipe) if config.recipe else default_recipe(method, family, dataset_family)
     if base.dataset_family != dataset_family:
         log.warning(
             "recipe %s was published for %s-style data; dataset %s is %s-style",
@@ -515,6 +638,13 @@ def resolve_recipe(config: TrainConfig, method: str, family: str, dataset_family
             log.info("batch %d instead of %d: learning rate scaled linearly to %.4g",
                      recipe.batch_size, base.batch_size, recipe.lr)  # fmt: skip
     recipe = recipe.with_overrides(lr=config.lr)
+    if config.check_images is not None or config.on_overfit is not None:
+        check = recipe.check or RobustnessCheck()
+        recipe = replace(recipe, check=replace(
+            check,
+            images=check.images if config.check_images is None else config.check_images,
+            action=config.on_overfit or check.action,
+        ))  # fmt: skip
     if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0:
         raise RobustarchError("epochs and batch size must be >= 1 and the learning rate > 0")
     return recipe
@@ -549,8 +679,11 @@ def _train(config: TrainConfig, d: _Dist, device: torch.device, t0: float) -> Tr
             "sample (--train-subset balanced:N) trains on all of them",
             train_spec.subset, counts.count(0), len(counts),
         )  # fmt: skip
+    check_set = None
+    if recipe.check is not None and recipe.check.images > 0:
+        train_set, check_set = hold_out(train_set, recipe.check.images, seed=config.seed)
 
-    arch = dict(config.arch)
+    arch = canonical_arch(config.arch)
     defaults = zoo.build_kwargs(config.model, config.dataset, **arch)
     if "auxiliary" in defaults and bool(defaults["auxiliary"]) != bool(recipe.aux_weight):
         # train the auxiliary head exactly when the recipe weighs its loss (an unused head would get no
@@ -583,6 +716,7 @@ def _train(config: TrainConfig, d: _Dist, device: torch.device, t0: float) -> Tr
         progress=config.progress,
         run_key=run_key,
         dist_info=d,
+        check_set=check_set,
     )
     if d.main:
         log.info(
@@ -629,6 +763,15 @@ def _train(config: TrainConfig, d: _Dist, device: torch.device, t0: float) -> Tr
             "torch": torch.__version__,
             "mean": model.mean.flatten().tolist(),
             "std": model.std.flatten().tolist(),
+            "adversarial": recipe.adversarial.describe() if recipe.adversarial else None,
+            "epochs_trained": trainer.epoch,
+            "n_check": 0 if check_set is None else len(check_set),  # type: ignore[arg-type]
+            "check_ids_sha256": None if check_set is None else _ids_digest(check_set),
+            "robustness_checks": [h["check"] for h in history if "check" in h],
+            "catastrophic_overfitting": trainer.overfit,
+            "weights_from_epoch": trainer.best["epoch"]
+            if trainer.stopped and trainer.best
+            else trainer.epoch,
         }
         meta = json.loads(json.dumps(meta))  # plain types only (torch.__version__ is a str subclass)
         zoo.save_checkpoint(net, path, metadata=meta)
@@ -647,7 +790,42 @@ def _train(config: TrainConfig, d: _Dist, device: torch.device, t0: float) -> Tr
         data_hash=data_hash,
         history=history,
         wall_s=time.perf_counter() - t0,
+        catastrophic_overfitting=trainer.overfit,
+        epochs_trained=trainer.epoch,
     )
+
+
+def canonical_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """Architecture overrides as a checkpoint records them: a genotype given as a genotype.json path is
+    replaced by the genotype itself, so the trained model loads anywhere (zoo.load rebuilds from it)."""
+    from robustarch.zoo.genotypes import as_genotype, is_genotype_file
+
+    arch = dict(arch)
+    if is_genotype_file(arch.get("genotype")):
+        arch["genotype"] = str(as_genotype(arch["genotype"]))
+    return arch
+
+
+def hold_out(ds: Dataset, n: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(training examples, ``n`` held-out examples): a seeded random choice, both in their original order.
+    The held-out images are what the per-epoch robustness check measures, never trained on."""
+    size = len(ds)  # type: ignore[arg-type]
+    if not hasattr(ds, "select"):
+        raise RobustarchError("the robustness check holds images out of a robustarch.data dataset only")
+    if not 0 < n < size:
+        raise RobustarchError(
+            f"cannot hold out {n} of {size} training examples for the robustness check (--check-images)"
+        )
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + 0xC4EC))
+    held = order[:n].sort().values
+    kept = order[n:].sort().values
+    return ds.select(kept.tolist()), ds.select(held.tolist())  # type: ignore[attr-defined]
+
+
+def _ids_digest(ds: Dataset) -> str:
+    ids = getattr(ds, "example_ids", None)
+    ids = torch.arange(len(ds)) if ids is None else ids  # type: ignore[arg-type]
+    return hashlib.sha256(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes()).hexdigest()
 
 
 def config_as_dict(config: TrainConfig) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 * DARTS: Liu, Simonyan, Yang, ICLR 2019; reference ``quark0/darts`` ``cnn/model.py``.
 * P-DARTS: Chen, Xie, Wu, Tian, ICCV 2019; reference ``chenxin061/pdarts`` ``model.py``.
 * PC-DARTS: Xu et al., ICLR 2020; reference ``yuhuixu1993/PC-DARTS`` ``model.py``.
+* Cells from robust architecture search, in the same CIFAR network (their authors evaluate them in a copy of
+  DARTS' ``NetworkCIFAR``): AdvRush (Mok et al., ICCV 2021; ``nutellamok/advrush`` ``eval/model.py``), RACL
+  (Dong et al. 2020; its cell as AdvRush's code carries it) and E2RNAS (Yue et al., IJCNN 2022;
+  ``yuezhixiong/NAS-Benchmark`` ``DARTS/model.py``). ABanditNAS (Chen et al., ECCV 2020) searched another cell
+  space and is not a DARTS network (see ``genotypes.get_genotype("ABanditNAS")``).
 
 The three repositories share the cell, the CIFAR network and the CIFAR auxiliary head. The one structural
 difference is the ImageNet auxiliary head: P-DARTS keeps a BatchNorm after its 768-channel conv, DARTS and
@@ -27,7 +32,7 @@ from robustarch.zoo._registry import (
     cifar_normalization,
     register_model,
 )
-from robustarch.zoo.genotypes import CITATIONS, Genotype, as_genotype
+from robustarch.zoo.genotypes import CITATIONS, Genotype, as_genotype, genotype_citation
 from robustarch.zoo.operations import OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
 
 # Mean/std of the authors' training code (DARTS-family utils._data_transforms_cifar10 / _cifar100).
@@ -373,6 +378,36 @@ _METHODS: dict[str, dict] = {
     },
 }
 
+# Cells found by robust architecture search (CIFAR family only: none was published for ImageNet). Defaults
+# are each code's own training network; none of them publishes weights in a form we could verify.
+_ROBUST_METHODS: dict[str, dict] = {
+    "advrush": {
+        "method": "AdvRush",
+        "genotype": "ADVRUSH",
+        "repo": "nutellamok/advrush@a15b26a4ef4e919783676b67647ec0ec8723d3b6",
+        "file": "eval/model.py",
+        "defaults": {"C": 36, "layers": 20, "auxiliary": False},  # adv_train.py defaults (no --auxiliary)
+        "weights": "none published (the README trains them with adv_train.py and links no checkpoint)",
+    },
+    "racl": {
+        "method": "RACL",
+        "genotype": "RACL",
+        "repo": "nutellamok/advrush@a15b26a4ef4e919783676b67647ec0ec8723d3b6",
+        "file": "eval/model.py",
+        "defaults": {"C": 36, "layers": 20, "auxiliary": False},  # as AdvRush's code trains it
+        "weights": "none published (RACL's authors released no code or weights)",
+    },
+    "e2rnas": {
+        "method": "E2RNAS",
+        "genotype": "E2RNAS",
+        "repo": "yuezhixiong/NAS-Benchmark@a288b6c2c576b1e8d7e80c9f1f83cf4f7b24fac0",
+        "file": "DARTS/model.py",
+        "defaults": {"C": 36, "layers": 20, "auxiliary": True},  # DARTS/train.py defaults
+        "weights": "none verified: the repository's Git LFS files under DARTS/models/ do not say which cell "
+        "each holds",
+    },
+}
+
 _CIFAR_NOTES = (
     "auxiliary=True as published (the auxiliary head is trained, and counted by the fixtures' params_total, "
     "but unused at inference). Normalization: the authors' CIFAR-10 statistics; the study evaluated CIFAR-10 "
@@ -454,6 +489,29 @@ for _name, _m in _METHODS.items():
                 else "The auxiliary head has no BatchNorm after its 768-channel conv "
                 "(commented out upstream)."
             ),
+            quick_overrides={"C": 4, "layers": 4},
+        )
+    )
+
+for _name, _r in _ROBUST_METHODS.items():
+    register_model(
+        ModelSpec(
+            name=_name,
+            dataset_family="cifar",
+            family="nas",
+            method=_r["method"],
+            paper=genotype_citation(_r["genotype"]),
+            builder=_cifar_builder(_r["genotype"]),
+            reference=f"{_r['repo']} {_r['file']} NetworkCIFAR (genotype {_r['genotype']}; the layout of "
+            "quark0/darts cnn/model.py)",
+            weights=_r["weights"],
+            normalization=NAS_CIFAR_NORMALIZATION,
+            defaults={
+                "*": {**_r["defaults"], "genotype": _r["genotype"]},
+                "fashion-mnist": {"auxiliary": False},
+            },
+            notes="the DARTS CIFAR network with this cell; C and layers give width-matched variants. "
+            + _CIFAR_NOTES.split(". ", 1)[1],
             quick_overrides={"C": 4, "layers": 4},
         )
     )

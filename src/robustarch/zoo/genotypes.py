@@ -1,15 +1,20 @@
 """Published architectures as data: DARTS-space genotypes and DenseNAS ``net_config`` strings.
 
 The facts live in ``configs/architectures.json`` (a copy of the conformance fixtures' architecture file,
-each entry with the repository, commit and line it was read from); this module turns them into typed
-objects. A :class:`Genotype` prints and parses in the authors' own ``Genotype(normal=[...], ...)``
-notation, so a genotype copied from any DARTS-derived repository can be pasted in as a string.
+each entry with the repository, commit and line it was read from) and ``configs/robust_genotypes.json``
+(cells found by robust architecture search: AdvRush, RACL, E2RNAS, with their citation and source; and
+ABanditNAS, recorded but not a DARTS-space genotype); this module turns them into typed objects. A
+:class:`Genotype` prints and parses in the authors' own ``Genotype(normal=[...], ...)`` notation, so a
+genotype copied from any DARTS-derived repository can be pasted in as a string, and reads and writes the
+JSON file ``robustarch search`` produces (``genotype.json``), so ``genotype="runs/s/genotype.json"`` is
+accepted wherever a genotype is.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -40,6 +45,9 @@ ALIASES: dict[str, str] = {"DARTS": "DARTS_V2", "PCDARTS": "PC_DARTS_cifar"}
 Edge = tuple[str, int]
 
 ARCHITECTURES_FILE = Path(__file__).with_name("configs") / "architectures.json"
+# robust-NAS cells (kept apart: architectures.json must stay equal to the conformance fixtures' copy)
+ROBUST_GENOTYPES_FILE = Path(__file__).with_name("configs") / "robust_genotypes.json"
+GENOTYPE_FILE_FORMAT = 1  # version of the genotype.json files written by save_genotype_file
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,28 @@ class Genotype:
         genotype.validate()
         return genotype
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (lists), the ``"genotype"`` object of a genotype.json file."""
+        return {
+            "normal": [list(e) for e in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [list(e) for e in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, fields: Any) -> Genotype:
+        """The inverse of :meth:`to_dict`; validated. Refuses anything but the four fields."""
+        expected = {"normal", "normal_concat", "reduce", "reduce_concat"}
+        if not isinstance(fields, dict) or set(fields) != expected:
+            got = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+            raise RobustarchError(f"a genotype needs exactly the fields {sorted(expected)}, got {got}")
+        try:
+            genotype = cls(**fields)
+        except (TypeError, ValueError) as err:
+            raise RobustarchError(f"malformed genotype fields: {err}") from None
+        return genotype.validate()
+
     def validate(self) -> Genotype:
         """Raise :class:`RobustarchError` unless every op is in ``OPS`` and every index points to a state
         that exists when it is read."""
@@ -143,8 +173,13 @@ class DenseNASConfig:
 
 @cache
 def _architectures() -> dict[str, Any]:
-    # the JSON ships inside the package (package-data), beside this module
-    return json.loads(ARCHITECTURES_FILE.read_text("utf-8"))
+    # the JSON files ship inside the package (package-data), beside this module
+    published = json.loads(ARCHITECTURES_FILE.read_text("utf-8"))
+    robust = json.loads(ROBUST_GENOTYPES_FILE.read_text("utf-8"))
+    clash = sorted((set(published) & set(robust)) - {"_format"})
+    if clash:  # pragma: no cover - a packaging mistake, caught by the tests
+        raise RuntimeError(f"genotype names defined twice: {clash}")
+    return {**published, **{k: v for k, v in robust.items() if k != "_format"}}
 
 
 def _genotype_names() -> list[str]:
@@ -160,8 +195,12 @@ def genotype_names() -> list[str]:
 
 @cache
 def get_genotype(name: str) -> Genotype:
-    """A published genotype by the name its authors gave it (``DARTS``, ``PDARTS``, ``PC_DARTS_image``...)."""
+    """A published genotype by the name its authors gave it (``DARTS``, ``PDARTS``, ``PC_DARTS_image``,
+    ``ADVRUSH``, ``RACL``, ``E2RNAS``...)."""
     key = ALIASES.get(name, name)
+    entry = _architectures().get(key, {})
+    if entry.get("kind") == "non_darts_cells":
+        raise RobustarchError(f"{name} is not a DARTS-space genotype: {entry['why_not_darts']}")
     if key not in _genotype_names():
         raise UnknownNameError("genotype", name, genotype_names())
     g = _architectures()[key]["genotype"]
@@ -174,16 +213,64 @@ def genotype_source(name: str) -> dict[str, Any]:
     return dict(_architectures()[ALIASES.get(name, name)]["source"])
 
 
-def as_genotype(genotype: Genotype | str) -> Genotype:
-    """Accept a :class:`Genotype`, a published name, or a ``Genotype(...)`` string."""
+def genotype_citation(name: str) -> str:
+    """The paper whose search produced a published genotype."""
+    get_genotype(name)
+    key = ALIASES.get(name, name)
+    return str(_architectures()[key].get("paper") or CITATIONS[key])
+
+
+def is_genotype_file(value: object) -> bool:
+    """Whether ``value`` names a genotype JSON file (a path object, or a string ending in ``.json``)."""
+    return isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip().endswith(".json"))
+
+
+def load_genotype_file(path: str | os.PathLike[str]) -> Genotype:
+    """The genotype in a JSON file: a ``robustarch search`` result (``{"genotype": {...}, ...}``) or the
+    four fields alone."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise RobustarchError(
+            f"genotype file {p} does not exist (robustarch search writes OUT/genotype.json)"
+        )
+    try:
+        doc = json.loads(p.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RobustarchError(f"cannot read genotype file {p}: {err}") from None
+    fields = doc.get("genotype", doc) if isinstance(doc, dict) else doc
+    try:
+        return Genotype.from_dict(fields)
+    except RobustarchError as err:
+        raise RobustarchError(f"{p}: {err}") from None
+
+
+def save_genotype_file(path: str | os.PathLike[str], genotype: Genotype, **metadata: Any) -> Path:
+    """Write ``genotype`` (plus JSON-able ``metadata``, e.g. how it was searched) as a genotype.json file,
+    atomically; :func:`load_genotype_file` reads it back equal."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"format": GENOTYPE_FILE_FORMAT, "genotype": genotype.validate().to_dict(), "string": str(genotype)}
+    doc.update(metadata)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", "utf-8")
+    os.replace(tmp, p)
+    return p
+
+
+def as_genotype(genotype: Genotype | str | os.PathLike[str]) -> Genotype:
+    """Accept a :class:`Genotype`, a published name, a ``Genotype(...)`` string, or the path of a genotype
+    JSON file (``robustarch search``'s ``OUT/genotype.json``)."""
     if isinstance(genotype, Genotype):
         return genotype.validate()
+    if is_genotype_file(genotype):
+        return load_genotype_file(genotype)  # type: ignore[arg-type]
     if isinstance(genotype, str):
         if genotype.lstrip().startswith("Genotype"):
             return Genotype.from_string(genotype)
         return get_genotype(genotype)
     raise RobustarchError(
-        f"genotype must be a Genotype, a name or a 'Genotype(...)' string, got {type(genotype)}"
+        "genotype must be a Genotype, a name, a 'Genotype(...)' string or a genotype .json file, got "
+        f"{type(genotype).__name__}"
     )
 
 
