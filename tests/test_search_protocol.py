@@ -153,3 +153,37 @@ def test_a_tiny_protocol_end_to_end(tmp_path, capsys):
     meta = json.loads((out / "train" / "r18-s0-standard" / "train.json").read_text())
     assert meta["recipe"] == "fast-at/standard" and meta["adversarial"] is None
     assert "r18" in capsys.readouterr().out
+
+
+def test_the_table_reads_the_pgd_run_and_the_worst_case_at_the_budget(tmp_path):
+    """With the standard preset a model has several PGD runs (the eps sweep): the PGD column is the run
+    labelled pgd, and the worst case is over the attacks at the dataset's budget only."""
+    from dataclasses import replace
+
+    from robustarch.search.protocol import _seed_counts
+    from robustarch.store import ExampleOutcome, Store
+    from test_store import make_key
+
+    store = Store(tmp_path / "s.sqlite")
+    n, ids = 10, list(range(10))
+
+    def run(label: str, attack: str, eps: float | None, adv_right: set[int]) -> None:
+        params = {} if eps is None else {"eps": eps}
+        key = make_key(attack=attack, attack_params=params, profile="standard", n_planned=n, chunk_size=n)
+        rid = store.begin_run(key, {"label": label})
+        outs = [
+            ExampleOutcome(i, 0, 0, True, True, 0 if i in adv_right else 1, i in adv_right, True, 0.0, 0.0)
+            for i in ids
+        ]
+        store.commit_chunk(rid, 0, outs)
+        store.finish_run(rid)
+
+    run("clean", "clean", None, set(ids))
+    run("pgd-eps1", "pgd", 1 / 255, set(range(9)))  # a sweep point below the budget
+    run("pgd", "pgd", 8 / 255, set(range(6)))
+    run("pgd-eps16", "pgd", 16 / 255, set())  # above the budget: not part of the worst case
+    run("fgsm", "fgsm", 8 / 255, {0, 1, 2, 3, 7})
+    results = store.results()
+    assert _seed_counts(store, results, "pgd", 8 / 255) == (6, n)
+    assert _seed_counts(store, results, "*", 8 / 255) == (4, n)  # examples 0-3 survive PGD and FGSM at 8/255
+    assert _seed_counts(store, [replace(r) for r in results], None, 8 / 255) == (10, n)

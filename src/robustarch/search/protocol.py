@@ -449,7 +449,7 @@ def run_protocol(
         weights[job.model_id] = train_job(protocol, job, out, device=device, progress=progress)
     study_path = write_study(protocol, jobs, weights, out)
     run_ids = run_study(load_study(study_path), str(out / STORE_NAME), progress=progress)
-    rows = protocol_table(out / STORE_NAME, run_ids, jobs, out / "train")
+    rows = protocol_table(out / STORE_NAME, run_ids, jobs, out / "train", protocol.dataset)
     write_table(rows, protocol, out)
     return rows, out
 
@@ -473,13 +473,24 @@ def _interval(per_seed: Sequence[tuple[int, int]]) -> tuple[float, float, float]
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
-def _seed_counts(store: Any, results: Sequence[Any], attack: str | None) -> tuple[int, int]:
-    """(correct, n) of one model id: clean (attack None), one attack, or the worst case over all attacks
-    (attack "*": correct on the clean image and under every attack, per example)."""
+def _seed_counts(store: Any, results: Sequence[Any], attack: str | None, budget: float) -> tuple[int, int]:
+    """(correct, n) of one model id: clean (attack None), the run labelled ``attack`` (a preset key or
+    attack id, e.g. ``pgd``: not an eps-sweep point), or the worst case over the attacks at the L-inf
+    ``budget`` (attack "*": correct on the clean image and under each of them, per example; sweep points
+    at other budgets are left out)."""
     clean = next(r for r in results if r.attack == "clean")
     if attack is None:
         return clean.clean_top1_count, clean.n
-    adv = [r for r in results if r.attack != "clean" and (attack == "*" or r.attack == attack)]
+    if attack == "*":
+        adv = [
+            r
+            for r in results
+            if r.attack != "clean"
+            and abs(r.attack_params.get("eps", -1.0) - budget) < 1e-9
+            and (r.meta.get("traits") or {}).get("norm", "Linf") == "Linf"
+        ]
+    else:
+        adv = [r for r in results if r.attack != "clean" and r.meta.get("label", r.attack) == attack]
     if not adv:
         return 0, 0
     if attack != "*":
@@ -492,11 +503,12 @@ def _seed_counts(store: Any, results: Sequence[Any], attack: str | None) -> tupl
 
 
 def protocol_table(
-    store_path: str | Path, run_ids: Sequence[str], jobs: Sequence[Job], train_dir: Path
+    store_path: str | Path, run_ids: Sequence[str], jobs: Sequence[Job], train_dir: Path, dataset: str
 ) -> list[dict[str, Any]]:
     """One row per (architecture, variant): parameters, clean / PGD / worst-case accuracy over the seeds with
     95% intervals, reliability flags (those not ok, and the count of ok ones) and the training's
     catastrophic-overfitting events."""
+    from robustarch.attacks import dataset_budget
     from robustarch.store import Store
 
     store = Store(str(store_path))
@@ -522,9 +534,10 @@ def protocol_table(
                 "overrides": members[0].overrides,
                 "seeds": [j.seed for j in members],
             }
+            budget = dataset_budget(dataset)[1]
             for column, attack in (("clean", None), ("pgd", "pgd"), ("worst", "*")):
-                row[column] = _interval([_seed_counts(store, res, attack) for res in results])
-            row["n"] = _seed_counts(store, results[0], None)[1]
+                row[column] = _interval([_seed_counts(store, res, attack, budget) for res in results])
+            row["n"] = _seed_counts(store, results[0], None, budget)[1]
             flags = [f for res in results for r in res for f in r.flags]
             row["flags"] = sorted(f"{f.check}:{f.status}" for f in flags if f.status in ("warn", "fail"))
             row["flags_ok"] = sum(f.status == "ok" for f in flags)
