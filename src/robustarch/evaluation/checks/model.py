@@ -39,6 +39,9 @@ BUDGET_KEYS = ("eps", "alpha")
 LARGE_EPS = 0.5
 LARGE_EPS_STEPS = 5
 NEAR_ZERO = 0.05  # robust accuracy at eps 0.5 above this is a warning
+# a tie with noise is evidence only when noise leaves this many examples to break: with one or two correct
+# examples (a model near chance) attack and noise tie by chance
+MIN_TIE_EVIDENCE = 5
 
 
 @dataclass
@@ -227,7 +230,8 @@ def _eps0_identity(p: _Probe, r: Any) -> None:
 def _noise_baseline(p: _Probe, r: Any) -> None:
     """Random-sign noise of the attack's L-inf budget must leave more examples correct than the attack: an
     attack no stronger than noise (a tie included) suggests masked gradients or a bug. The noise is drawn
-    once per budget and shared by the attacks that have it."""
+    once per budget and shared by the attacks that have it. A tie warns only when noise leaves at least
+    ``MIN_TIE_EVIDENCE`` examples correct; the attack leaving more correct than noise always warns."""
     params = r.plan.params
     eps = params.get("eps")
     if not eps or params.get("emulate_normalized_inputs") or r.plan.attack.traits.norm != "Linf":
@@ -246,7 +250,8 @@ def _noise_baseline(p: _Probe, r: Any) -> None:
     stored = {o.example_id: o for o in p.store.examples(r.run_id)}
     attack_correct = sum(stored[i].adv_correct1 for i in ids)
     noise_correct = int(noise.sum())
-    ok = attack_correct < noise_correct or noise_correct == 0  # nothing left for noise to break: no test
+    tie_is_evidence = noise_correct >= MIN_TIE_EVIDENCE
+    ok = attack_correct < noise_correct or (attack_correct == noise_correct and not tie_is_evidence)
     p.store.add_flag(
         r.run_id,
         "noise_baseline",
