@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,7 +43,16 @@ from torch import nn
 
 from robustarch.errors import RobustarchError, UnknownNameError
 from robustarch.search.supernet import SEARCH_SPACE, Supernet
-from robustarch.train import AdversarialTraining, Augment, adversarial_loss, get_recipe, perturb, start_noise
+from robustarch.train import (
+    AdversarialTraining,
+    Augment,
+    adversarial_loss,
+    atomic_save,
+    get_recipe,
+    perturb,
+    refuse_other_run,
+    start_noise,
+)
 from robustarch.train.augment import augment_batch
 
 log = logging.getLogger(__name__)
@@ -243,9 +251,7 @@ class Searcher:
     def save(self) -> None:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / (CHECKPOINT_NAME + ".tmp")
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, self.out / CHECKPOINT_NAME)
+            atomic_save(self.state_dict(), self.out / CHECKPOINT_NAME)
 
     def load(self) -> bool:
         """Resume from OUT/search.pt; False when there is none. A checkpoint of another run is refused."""
@@ -253,13 +259,9 @@ class Searcher:
         if not path.exists():
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != FORMAT_VERSION or state["run_key"] != self.run_key:
-            other = state.get("run_key", {})
-            diff = sorted(k for k in set(other) | set(self.run_key) if other.get(k) != self.run_key.get(k))
-            raise RobustarchError(
-                f"{path} belongs to a different search (differs in: {', '.join(diff)}); "
-                "choose another --out or delete it to start over"
-            )
+        # the format is compared like a key of the run: another version's checkpoint is another search
+        stored = {**state.get("run_key", {}), "format": state.get("format")}
+        refuse_other_run(path, stored, {**self.run_key, "format": FORMAT_VERSION}, "search")
         self.net.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])

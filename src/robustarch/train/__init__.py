@@ -9,9 +9,11 @@ from robustarch.train.trainer import (
     TrainConfig,
     Trainer,
     TrainResult,
+    atomic_save,
     dataset_hash,
     hold_out,
     init_distributed,
+    refuse_other_run,
     train,
 )
 
@@ -25,6 +27,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "adversarial_loss",
+    "atomic_save",
     "dataset_hash",
     "default_recipe",
     "describe_overfitting",
@@ -36,6 +39,7 @@ __all__ = [
     "list_recipes",
     "measure",
     "perturb",
+    "refuse_other_run",
     "start_noise",
     "train",
 ]

@@ -242,10 +242,23 @@ def evaluate_clean(
     return correct, total
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed over ``path``: a crash leaves the old checkpoint whole."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def refuse_other_run(path: Path, stored: dict[str, Any], current: dict[str, Any], what: str) -> None:
+    """Raise when the checkpoint at ``path`` was written for another run key than ``current`` (a training
+    or a search with other settings), naming the keys that differ."""
+    if stored == current:
+        return
+    diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    raise RobustarchError(
+        f"{path} belongs to a different {what} (differs in: {', '.join(diff)}); "
+        "choose another --out directory or delete it to start over"
+    )
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -417,7 +430,7 @@ class Trainer:
         state = self.state_dict()  # every rank takes part in the RNG gather
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_save(state, self.checkpoint_path)
+            atomic_save(state, self.checkpoint_path)
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
         """Restore the state saved after an epoch; False when there is none. The run must be the same."""
@@ -429,16 +442,7 @@ class Trainer:
             raise RobustarchError(
                 f"{path} is not a robustarch training checkpoint (format {state.get('format')!r})"
             )
-        if state["run_key"] != self.run_key:
-            diff = sorted(
-                k
-                for k in set(state["run_key"]) | set(self.run_key)
-                if state["run_key"].get(k) != self.run_key.get(k)
-            )
-            raise RobustarchError(
-                f"{path} belongs to a different run (differs in: {', '.join(diff)}); "
-                "choose another --out directory or delete it to start over"
-            )
+        refuse_other_run(path, state["run_key"], self.run_key, "run")
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
