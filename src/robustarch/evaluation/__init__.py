@@ -28,7 +28,7 @@ from robustarch.evaluation.spec import (
     apply_overrides,
     resolve_attacks,
 )
-from robustarch.evaluation.study import Study, StudyError, load_study, run_study, study_status
+from robustarch.evaluation.study import Study, StudyError, load_study, run_study, study_status, toml_value
 
 __all__ = [
     "AttackOverrides",
@@ -56,4 +56,5 @@ __all__ = [
     "run_specs",
     "run_study",
     "study_status",
+    "toml_value",
 ]

@@ -45,6 +45,7 @@ A zoo model table takes ``name``, ``id`` (how results name it; default: the zoo 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -160,6 +161,20 @@ class Study:
             ]
             out.datasets = [d for d in out.datasets if d.models]  # no data to load for a dataset left empty
         return out
+
+
+def toml_value(v: Any) -> str:
+    """``v`` (bool, number, string, list, dict) as a TOML value, for the study files robustarch writes (the
+    demo's, ``robustarch compare``'s); dicts become inline tables."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string is a JSON string
+    return repr(v)
 
 
 def _unknown(kind: str, name: str, known: Sequence[str]) -> str:

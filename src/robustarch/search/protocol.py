@@ -392,7 +392,8 @@ def standard_twin(recipe: Any) -> Any:
 
 def write_study(protocol: Protocol, jobs: Sequence[Job], weights: dict[str, Path], out: Path) -> Path:
     """The evaluation as an ordinary study file (docs/study.md format), next to its store."""
-    q = json.dumps  # TOML basic strings accept JSON's escapes
+    from robustarch.evaluation import toml_value as q
+
     lines = [
         f"# written by robustarch compare from {protocol.source}",
         "[study]",

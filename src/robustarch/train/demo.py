@@ -135,39 +135,29 @@ def demo_attacks() -> dict[str, tuple[list[str], dict[str, dict[str, Any]]]]:
     }
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, str):
-        return json.dumps(v)  # a TOML basic string is a JSON string
-    return repr(v)
-
-
 def _study_toml(
     name: str, store: Path, data_root: Path, n: int, attacks: tuple[list[str], dict[str, dict[str, Any]]],
     plan: DemoPlan, weights: dict[str, Path], device: str,
 ) -> str:  # fmt: skip
     """A study file (docs/study.md) for the demo's models: the demo's evaluation is an ordinary study. The
     architecture overrides are not repeated here: zoo.load reads them from each checkpoint's metadata."""
+    from robustarch.evaluation import toml_value
+
     entries, defs = attacks
     tables = "".join(
-        f"[attacks.{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in d.items()) + "\n"
+        f"[attacks.{key}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in d.items()) + "\n"
         for key, d in defs.items()
     )
     rows = ",\n".join(
-        f"  {{ name = {_toml_value(m.name)}, weights = {_toml_value(str(weights[m.name]))} }}"
+        f"  {{ name = {toml_value(m.name)}, weights = {toml_value(str(weights[m.name]))} }}"
         for m in plan.models
     )
     return (
         f"# written by `robustarch demo`; rerun with `robustarch study run {name}.toml`\n"
-        f"[study]\nname = {_toml_value(name)}\nstore = {_toml_value(str(store))}\n"
-        f"device = {_toml_value(device)}\nbatch_size = {plan.batch_size}\nseed = 0\n"
-        f"attacks = {_toml_value(entries)}\n\n{tables}"
-        f"[[datasets]]\nname = {_toml_value(DATASET)}\nroot = {_toml_value(str(data_root))}\n"
+        f"[study]\nname = {toml_value(name)}\nstore = {toml_value(str(store))}\n"
+        f"device = {toml_value(device)}\nbatch_size = {plan.batch_size}\nseed = 0\n"
+        f"attacks = {toml_value(entries)}\n\n{tables}"
+        f"[[datasets]]\nname = {toml_value(DATASET)}\nroot = {toml_value(str(data_root))}\n"
         f'split = "test"\nlimit = {n}\nmodels = [\n{rows},\n]\n'
     )
 
