@@ -348,6 +348,77 @@ def test_declared_traits_hold(setup, name: str, profile: str, variant: dict) -> 
         assert counter.grad_examples == len(x)
 
 
+def _inside_shared_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list) -> list:
+    """Each attack's result (generator seed 1) on a copy of ``x``, all inside one shared_passes block."""
+    with torch.no_grad():
+        logits = model(x)
+    with ra.shared_passes(model, x, logits):
+        return [a(model, x.clone(), y, generator=gen(1)) for a in attacks]
+
+
+@pytest.mark.parametrize(("name", "profile", "variant"), CASES)
+def test_shared_passes_change_no_result(setup, name: str, profile: str, variant: dict) -> None:
+    """Inside shared_passes an attack returns what it returns alone, bit for bit, run once or twice, and
+    never takes more passes."""
+    model, x, y = setup
+    x, y = x[:16], y[:16]
+    attack = make(name, profile, **variant)
+    alone_counter = PassCounter(model).eval()
+    alone = attack(alone_counter, x, y, generator=gen(1))
+    shared_counter = PassCounter(model).eval()
+    first, again = _inside_shared_passes(shared_counter, x, y, [attack, attack])
+    assert torch.equal(first, alone) and torch.equal(again, alone)
+    clean_forward = len(x)
+    assert shared_counter.grad_examples <= 2 * alone_counter.grad_examples
+    assert shared_counter.forward_examples - clean_forward <= 2 * alone_counter.forward_examples
+
+
+def test_shared_passes_save_the_paper_presets_repeated_passes(setup) -> None:
+    """In the paper preset PGD's first gradient is FGSM's and StepLL's clean forward is the caller's:
+    with sharing the four attacks take one gradient pass and one forward pass fewer per example, and
+    return the same bits."""
+    model, x, y = setup
+    attacks = [ra.create(name, "paper") for name in ("fgsm", "rfgsm", "stepll", "pgd")]
+    alone_counter = PassCounter(model).eval()
+    alone = [a(alone_counter, x, y, generator=gen(1)) for a in attacks]
+    shared_counter = PassCounter(model).eval()
+    shared = _inside_shared_passes(shared_counter, x, y, attacks)
+    assert all(torch.equal(a, b) for a, b in zip(alone, shared, strict=True))
+    assert shared_counter.grad_examples == alone_counter.grad_examples - len(x)
+    assert shared_counter.forward_examples == alone_counter.forward_examples - len(x) + len(x)  # + clean
+
+
+def test_shared_passes_compute_everything_afresh_for_a_randomized_model(setup) -> None:
+    """A model whose two forwards at x differ (new noise each time) gets no shared pass: every attack
+    draws its own, as without sharing."""
+    from models_for_tests import NoisyLogits
+
+    model, x, y = setup
+    noisy = NoisyLogits(model).eval()
+    attacks = [ra.create(name, "paper") for name in ("fgsm", "stepll", "pgd")]
+    alone_counter = PassCounter(noisy).eval()
+    for a in attacks:
+        a(alone_counter, x, y, generator=gen(1))
+    shared_counter = PassCounter(noisy).eval()
+    _inside_shared_passes(shared_counter, x, y, attacks)
+    assert shared_counter.grad_examples == alone_counter.grad_examples
+    assert shared_counter.forward_examples == alone_counter.forward_examples + len(x)  # + the clean forward
+
+
+def test_shared_passes_need_the_same_model_and_input(setup) -> None:
+    model, x, y = setup
+    fgsm = ra.create("fgsm", "paper")
+    counter, other = PassCounter(model).eval(), PassCounter(model).eval()
+    with torch.no_grad():
+        logits = counter(x)
+    with ra.shared_passes(counter, x, logits):
+        fgsm(counter, x, y)
+        fgsm(counter, x, y)  # shared
+        fgsm(other, x, y)  # another model object: its own pass
+        fgsm(counter, (x + 1e-3).clamp(0, 1), y)  # another input: its own pass
+    assert counter.grad_examples == 2 * len(x) and other.grad_examples == len(x)
+
+
 def test_iterative_stronger_than_one_step_and_black_box_weaker_than_white_box(setup) -> None:
     model, x, y = setup
     x, y = x[:64], y[:64]

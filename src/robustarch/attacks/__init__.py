@@ -34,6 +34,8 @@ _EXPORTS = {
     "AttackResult": "_base",
     "AttackTraits": "_base",
     "budget_255": "_base",
+    "forward_at": "_passes",
+    "shared_passes": "_passes",
     "check_inputs": "_base",
     "check_model": "_base",
     "PRESETS": "_presets",

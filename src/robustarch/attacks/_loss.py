@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustarch.attacks._passes import cached_gradient
 from robustarch.errors import RobustarchError
 
 LOSSES = ("ce", "dlr", "dlr-targeted", "margin")
@@ -87,7 +88,9 @@ def loss_and_grad(
     ``samples > 1`` is Expectation over Transformation (Athalye et al. 2018, "Synthesizing Robust Adversarial
     Examples"): the gradient is the mean over ``samples`` forward+backward passes, for a model that draws
     new randomness at every forward; the logits and losses returned are those of the last pass, as in
-    AutoAttack's ``eot_iter``. Model parameter gradients are never computed or accumulated.
+    AutoAttack's ``eot_iter``. Model parameter gradients are never computed or accumulated. Inside
+    :func:`robustarch.attacks.shared_passes` a single pass at the clean input is computed once for all the
+    attacks that ask for it (:mod:`robustarch.attacks._passes`).
     """
     x = x.detach().requires_grad_(True)
 
@@ -99,10 +102,10 @@ def loss_and_grad(
             (grad,) = torch.autograd.grad(total, x)
         return logits.detach(), losses.detach(), grad
 
+    if samples <= 1:
+        return cached_gradient(model, x, (kind, targeted, reduction), labels, target, one_pass)
     logits, losses, grad = one_pass()
-    if samples > 1:
-        for _ in range(samples - 1):
-            logits, losses, more = one_pass()
-            grad = grad + more
-        grad = grad / samples
-    return logits, losses, grad
+    for _ in range(samples - 1):
+        logits, losses, more = one_pass()
+        grad = grad + more
+    return logits, losses, grad / samples

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from robustarch.attacks._base import Attack, Model, rand, randn
 from robustarch.attacks._loss import loss_and_grad
+from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
 from robustarch.errors import RobustarchError
 
@@ -227,8 +228,7 @@ class _APGDBase(Attack):
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
     ) -> Tensor:
-        with torch.no_grad():
-            logits = model(x)
+        logits = forward_at(model, x)
         if logits.dim() == 2 and logits.shape[1] < self.min_classes:
             raise RobustarchError(
                 f"{self.name}'s loss needs a model with at least {self.min_classes} classes, got "

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from robustarch.attacks._base import Attack, Model, randint
+from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import attack_class, create, list_attacks, register_attack
 from robustarch.errors import RobustarchError
 
@@ -161,8 +162,7 @@ class AutoAttack(Attack):
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
     ) -> Tensor:
-        with torch.no_grad():
-            robust = model(x).argmax(1) == y
+        robust = forward_at(model, x).argmax(1) == y
         broken_by = ["" if r else "clean" for r in robust.tolist()]
         seed = int(randint(2**31 - 1, (1,), generator, x))
         adv = x.clone()

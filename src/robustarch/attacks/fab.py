@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from robustarch.attacks._base import Attack, Model, rand, randn
+from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
 from robustarch.errors import RobustarchError, UnknownNameError
 
@@ -242,8 +243,7 @@ class _FABBase(Attack):
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
     ) -> Tensor:
         adv = x.clone()
-        with torch.no_grad():
-            logits = model(x)
+        logits = forward_at(model, x)
         self._check_logits(logits, y)
         todo = torch.nonzero(logits.argmax(1) == y).flatten()
         if self.eps == 0:  # no point within norm 0 differs from the (correctly classified) image

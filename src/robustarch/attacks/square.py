@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from robustarch.attacks._base import Attack, Model, rand, randint
+from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
 from robustarch.errors import RobustarchError
 
@@ -322,8 +323,7 @@ class Square(Attack):
         if self.eps == 0:  # nothing to search; every proposal would be a no-op
             extras["queries"] = torch.zeros(len(x), device=x.device)
             return adv
-        with torch.no_grad():
-            todo = torch.nonzero(model(x).argmax(1) == y).flatten()
+        todo = torch.nonzero(forward_at(model, x).argmax(1) == y).flatten()
         total_queries = torch.zeros(len(x), device=x.device)
         for _ in range(self.restarts):
             if not len(todo):

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from robustarch.attacks._base import Attack, Model, iterate_with_early_stop, project
 from robustarch.attacks._loss import loss_and_grad
+from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
 
 
@@ -84,8 +85,7 @@ class StepLL(Attack):
     def _perturb(
         self, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None, extras: dict[str, Any]
     ) -> Tensor:
-        with torch.no_grad():
-            logits = model(x)
+        logits = forward_at(model, x)
         if self.profile == "standard":
             keep = logits.argmax(1) != y
             target = logits.scatter(1, y[:, None], float("inf")).argmin(1)

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustarch.attacks import shared_passes
 from robustarch.data import DataSource, load_source
 from robustarch.errors import RobustarchError
 from robustarch.evaluation.provenance import hash_state_dict, run_provenance, weights_file_hash
@@ -388,6 +389,21 @@ class Engine:
             )
         clean_pred, c1, c5 = topk_hits(logits, y)
         clean_s = time.perf_counter() - t0
+        with shared_passes(model, x, logits):  # attacks starting at x share those passes
+            self._runs_of_chunk(model, c, (x, y, ids), runs, (clean_pred, c1, c5), clean_s)
+
+    def _runs_of_chunk(
+        self,
+        model: nn.Module,
+        c: int,
+        batch: tuple[Tensor, Tensor, Sequence[int]],
+        runs: list[PlannedRun],
+        clean: tuple[Tensor, Tensor, Tensor],
+        clean_s: float,
+    ) -> None:
+        """Each run's outcomes on chunk ``c`` (inputs, labels and example ids ``batch``; clean top-1
+        predictions and top-1/top-5 hits ``clean``), committed one run at a time."""
+        (x, y, ids), (clean_pred, c1, c5) = batch, clean
         for r in runs:
             t1 = time.perf_counter()
             if self.progress is not None:
