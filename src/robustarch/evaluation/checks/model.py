@@ -13,8 +13,9 @@ must break fewer examples than the attack: a tie is a warning), ``amp_recheck`` 
 float32 on ``recheck`` examples).
 
 Cost. The checks share passes: every check uses a few examples of chunk 0 (``CHECK_EXAMPLES``, the noise
-baseline ``NOISE_EXAMPLES``), the noise baseline is computed once per distinct budget, and an eps-0 attack
-that returns x exactly needs no forward to know its predictions are the clean ones.
+baseline ``NOISE_EXAMPLES``, the eps-0 identity ``EPS0_EXAMPLES``), the noise baseline is computed once per
+distinct budget with several budgets in one forward pass, and an eps-0 attack that returns x exactly needs
+no forward to know its predictions are the clean ones.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 CHECK_EXAMPLES = 32
 NOISE_EXAMPLES = 64
+# the eps-0 identity is a property of every single example (a budget leak moves all images with a pixel at
+# 0 or 1, i.e. nearly all): a few examples show it as well as many, at a quarter of the cost
+EPS0_EXAMPLES = 8
 BUDGET_KEYS = ("eps", "alpha")
 LARGE_EPS = 0.5
 LARGE_EPS_STEPS = 5
@@ -86,6 +90,7 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
     for check in (_deterministic_forward, _raw_logits, _zero_gradient, _large_eps):
         if probe.wanted(clean, check.__name__.lstrip("_")):
             check(probe, clean)
+    _noise_predictions(probe, [r for r in job.runs[1:] if probe.wanted(r.run_id, "noise_baseline")])
     for r in job.runs[1:]:
         for check in (_eps0_identity, _noise_baseline, _amp_recheck):
             if probe.wanted(r.run_id, check.__name__.lstrip("_")):
@@ -205,7 +210,7 @@ def _eps0_identity(p: _Probe, r: Any) -> None:
     except RobustarchError as err:
         p.store.add_flag(r.run_id, "eps0_identity", "warn", None, f"cannot build the eps=0 attack: {err}")
         return
-    x, y = p.x[:CHECK_EXAMPLES], p.y[:CHECK_EXAMPLES]
+    x, y = p.x[:EPS0_EXAMPLES], p.y[:EPS0_EXAMPLES]
     adv0 = a0(p.job.model, x, y, generator=torch.Generator().manual_seed(chunk_seed(r.run_id, 0)))
     moved = float((adv0 - x).abs().max()) if x.numel() else 0.0
     # x returned exactly has the clean predictions: no forward needed to know it
@@ -227,22 +232,46 @@ def _eps0_identity(p: _Probe, r: Any) -> None:
     )
 
 
+def _noise_budget(r: Any) -> float | None:
+    """The L-inf budget the noise baseline compares the run's attack with (None: no comparison)."""
+    params = r.plan.params
+    eps = params.get("eps")
+    if not eps or params.get("emulate_normalized_inputs") or r.plan.attack.traits.norm != "Linf":
+        return None
+    return float(eps)
+
+
+def _noise_predictions(p: _Probe, runs: list[Any]) -> None:
+    """Top-1 hits under random-sign noise at each distinct budget of ``runs``, several budgets per forward
+    pass (at most the engine's batch size of examples): the same signs (one draw from the clean run's
+    chunk-0 seed) scaled by each budget."""
+    from robustarch.evaluation.engine import chunk_seed, topk_hits
+
+    budgets = sorted({e for e in map(_noise_budget, runs) if e is not None and e not in p.noise_cache})
+    if not budgets:
+        return
+    x, y = p.x[:NOISE_EXAMPLES], p.y[:NOISE_EXAMPLES]
+    gen = torch.Generator().manual_seed(chunk_seed(p.job.runs[0].run_id, 0) ^ 0x5EED)
+    signs = torch.rand(x.shape, generator=gen).to(x.device).lt(0.5).float() * 2 - 1
+    per_pass = max(1, p.engine.batch_size // max(1, len(x)))
+    for i in range(0, len(budgets), per_pass):
+        group = budgets[i : i + per_pass]
+        noisy = torch.cat([(x + eps * signs).clamp(0, 1) for eps in group])
+        with torch.no_grad():
+            hits = topk_hits(p.job.model(noisy), y.repeat(len(group)))[1]
+        p.noise_cache.update(zip(group, hits.split(len(x)), strict=True))
+
+
 def _noise_baseline(p: _Probe, r: Any) -> None:
     """Random-sign noise of the attack's L-inf budget must leave more examples correct than the attack: an
     attack no stronger than noise (a tie included) suggests masked gradients or a bug. The noise is drawn
     once per budget and shared by the attacks that have it. A tie warns only when noise leaves at least
     ``MIN_TIE_EVIDENCE`` examples correct; the attack leaving more correct than noise always warns."""
-    params = r.plan.params
-    eps = params.get("eps")
-    if not eps or params.get("emulate_normalized_inputs") or r.plan.attack.traits.norm != "Linf":
+    eps = _noise_budget(r)
+    if eps is None:
         return
     x = p.x[:NOISE_EXAMPLES]
-    if eps not in p.noise_cache:
-        from robustarch.evaluation.engine import chunk_seed
-
-        gen = torch.Generator().manual_seed(chunk_seed(p.job.runs[0].run_id, 0) ^ 0x5EED)
-        signs = torch.rand(x.shape, generator=gen).to(x.device).lt(0.5).float() * 2 - 1
-        p.noise_cache[eps] = p.predict((x + eps * signs).clamp(0, 1))
+    _noise_predictions(p, [r])
     noise = p.noise_cache[eps]
     if r.key.adv_metric == "robust":
         noise = noise & p.correct[: len(x)]
