@@ -7,6 +7,7 @@ torch, numpy or matplotlib at import time: each command imports what it needs wh
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -69,6 +70,11 @@ def entry() -> None:
     """The process entry point (the ``robustarch`` script and ``python -m robustarch``): :func:`main`, then
     an exit that is safe after distributed training (see ``robustarch.runtime.request_fast_exit``)."""
     code = main()
+    # the process ends now: nothing it allocated needs the cyclic collector any more, and the collections
+    # interpreter finalization would run over torch's module graph cost ~0.35 s per command (measured on
+    # 2.8 GHz Xeon: `import torch` alone exits in 0.45-0.57 s, 0.14-0.18 s after gc.freeze()); objects are
+    # still released by reference counting
+    gc.freeze()
     # only a command that imported robustarch.runtime can have asked for the fast exit; a cheap command
     # (--help, models) must not import torch just to exit
     process = sys.modules.get("robustarch.runtime.process")
