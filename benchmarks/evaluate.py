@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,7 +154,14 @@ def main() -> None:
         print(f"| {what} | {wall:.1f} | {cpu:.1f} | {args.n / wall:.2f} |")
     print(
         f"\nratio (plain / robustarch): wall {best['plain'][0] / best['robustarch'][0]:.2f}x, "
-        f"CPU {best['plain'][1] / best['robustarch'][1]:.2f}x"
+        f"CPU {best['plain'][1] / best['robustarch'][1]:.2f}x (best of each)"
+    )
+    # the machine's speed drifts over minutes; a round's two processes ran back to back, so the ratio of
+    # each round is less exposed to the drift than the ratio of the two bests
+    per_round = [p[0] / o[0] for o, p in zip(times["robustarch"], times["plain"], strict=True)]
+    print(
+        f"per-round wall ratios {', '.join(f'{r:.2f}' for r in per_round)}; median "
+        f"{statistics.median(per_round):.2f}x"
     )
     for name in theirs:
         if name == "clean" or name not in ours:
