@@ -93,17 +93,22 @@ def load_cifar10_jpeg(root: Path, split: str) -> tuple[ImageDataset, str]:
         fingerprint = _tree_fingerprint(folder, items)
     elif zip_path.is_file():
         try:
-            with zipfile.ZipFile(zip_path) as zf:
-                members = [n for n in zf.namelist() if not n.endswith("/")]
+            zf = zipfile.ZipFile(zip_path)  # kept open: the images are read from it
         except (zipfile.BadZipFile, OSError) as err:
             raise CorruptFileError(f"cannot open zip {zip_path}: {err}") from err
         prefix = f"{split}/"
-        outside = [m for m in members if not m.startswith(prefix)]
-        if outside:
-            raise DataLayoutError(f"{zip_path} holds {outside[:3]} outside {prefix}; {layout}")
-        classes, rel, labels = index_class_tree([m[len(prefix) :] for m in members], str(zip_path), layout)
+        try:
+            members = [n for n in zf.namelist() if not n.endswith("/")]
+            outside = [m for m in members if not m.startswith(prefix)]
+            if outside:
+                raise DataLayoutError(f"{zip_path} holds {outside[:3]} outside {prefix}; {layout}")
+            inside = [m[len(prefix) :] for m in members]
+            classes, rel, labels = index_class_tree(inside, str(zip_path), layout)
+        except DataLayoutError:
+            zf.close()
+            raise
         items = [prefix + r for r in rel]
-        source = EncodedImages(items, preprocess, zip_path=zip_path)
+        source = EncodedImages(items, preprocess, zip_path=zip_path, opened=zf)
         fingerprint = file_fingerprint(zip_path)
     else:
         raise DataLayoutError(f"neither {zip_path} nor {folder} exists; {layout}")
