@@ -343,8 +343,9 @@ class Engine:
 
     def attack_model(self, job: ModelJob) -> nn.Module:
         """The model to attack: with ``prepare``, ``robustarch.runtime.prepare_for_attack``'s faster copy
-        (BatchNorm folded, channels_last, convolutions on tiny maps dense), checked on the job's first chunk,
-        the same batch in every process and every resume, so the choice it makes is the same everywhere.
+        (BatchNorm folded, channels_last, convolutions on tiny maps dense), checked on the first examples of
+        the job's first chunk, the same in every process and every resume, so the choice it makes is the same
+        everywhere.
         A model whose two forwards of that batch differ (a randomized model) is attacked as it is: the
         ``deterministic_forward`` check flags it."""
         from robustarch import runtime
@@ -359,7 +360,8 @@ class Engine:
         job._prepared = job.model
         if self.prepare:
             start, stop = job.runs[0].key.chunk_bounds(0)
-            example, _ = job.data.batch(start, stop)
+            # only the examples the check uses are read (decoding a whole chunk of JPEGs costs ~0.08 s)
+            example, _ = job.data.batch(start, min(stop, start + runtime.PROBE_EXAMPLES))
             try:
                 job._prepared, info = runtime.prepare_for_attack(job.model, example.to(self.device))
                 log.info("%s prepared for attack: %s", job.model_ref.id, info)
