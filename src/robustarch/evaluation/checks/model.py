@@ -12,6 +12,9 @@ the attack returns x and the clean predictions), ``noise_baseline`` (random-sign
 must break fewer examples than the attack: a tie is a warning), ``amp_recheck`` (mixed precision against
 float32 on ``recheck`` examples).
 
+The checks' passes run on the model the attacks ran on (the prepared copy, ``Engine.attack_model``), so
+noise and the attacks meet the same function; the training-mode scan reads the model as given.
+
 Cost. The checks share passes: every check uses a few examples of chunk 0 (``CHECK_EXAMPLES``, the noise
 baseline ``NOISE_EXAMPLES``, the eps-0 identity ``EPS0_EXAMPLES``), the noise baseline is computed once per
 distinct budget with several budgets in one forward pass, and an eps-0 attack that returns x exactly needs
@@ -50,10 +53,13 @@ MIN_TIE_EVIDENCE = 5
 
 @dataclass
 class _Probe:
-    """What the model checks of one job share: the model, chunk 0's first examples and their clean logits."""
+    """What the model checks of one job share: the model, chunk 0's first examples and their clean logits.
+    ``model`` is the one the attacks ran on (``Engine.attack_model``: the prepared copy, within a tolerance
+    of the model as given, and about twice as fast on CPU); ``job.model`` is the model as given."""
 
     engine: Any
     job: Any
+    model: Any
     force: bool
     x: Tensor
     y: Tensor
@@ -72,7 +78,7 @@ class _Probe:
         from robustarch.evaluation.engine import topk_hits
 
         with torch.no_grad():
-            return topk_hits(self.job.model(x), self.y[: len(x)])[1]
+            return topk_hits(self.model(x), self.y[: len(x)])[1]
 
 
 def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
@@ -83,9 +89,10 @@ def model_checks(engine: Any, job: Any, *, force: bool = False) -> None:
     start, stop = job.runs[0].key.chunk_bounds(0)
     x, y = job.data.batch(start, min(stop, start + max(CHECK_EXAMPLES, NOISE_EXAMPLES)))
     x, y = x.to(engine.device), y.to(engine.device)
+    model = engine.attack_model(job)
     with torch.no_grad():
-        logits = job.model(x).float()
-    probe = _Probe(engine, job, force, x, y, logits, topk_hits(logits, y)[1])
+        logits = model(x).float()
+    probe = _Probe(engine, job, model, force, x, y, logits, topk_hits(logits, y)[1])
     clean = job.runs[0].run_id
     for check in (_deterministic_forward, _raw_logits, _zero_gradient, _large_eps):
         if probe.wanted(clean, check.__name__.lstrip("_")):
@@ -102,7 +109,7 @@ def _deterministic_forward(p: _Probe, run_id: str) -> None:
     x = p.x[:CHECK_EXAMPLES]
     first = p.logits[: len(x)]
     with torch.no_grad():
-        again = p.job.model(x).float()
+        again = p.model(x).float()
     same = (first == again) | (first.isnan() & again.isnan())
     finite = torch.isfinite(first) & torch.isfinite(again)
     diff = float((first - again).abs()[finite].max()) if bool(finite.any()) else 0.0
@@ -148,7 +155,7 @@ def _zero_gradient(p: _Probe, run_id: str) -> None:
     zero-gradient check): such an example gives a gradient attack nothing to follow."""
     x = p.x[:CHECK_EXAMPLES].detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = F.cross_entropy(p.job.model(x).float(), p.y[: len(x)], reduction="sum")
+        loss = F.cross_entropy(p.model(x).float(), p.y[: len(x)], reduction="sum")
         (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
     zero = (
         torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -180,7 +187,7 @@ def _large_eps(p: _Probe, run_id: str) -> None:
 
     attack = create("pgd", eps=LARGE_EPS, alpha=LARGE_EPS / 4, steps=LARGE_EPS_STEPS)
     x, y = p.x[:CHECK_EXAMPLES], p.y[:CHECK_EXAMPLES]
-    adv = attack(p.job.model, x, y, generator=torch.Generator().manual_seed(chunk_seed(run_id, 0) ^ 0x1A9E))
+    adv = attack(p.model, x, y, generator=torch.Generator().manual_seed(chunk_seed(run_id, 0) ^ 0x1A9E))
     robust = p.predict(adv) & p.correct[: len(x)]
     acc = float(robust.float().mean())
     p.store.add_flag(
@@ -211,7 +218,7 @@ def _eps0_identity(p: _Probe, r: Any) -> None:
         p.store.add_flag(r.run_id, "eps0_identity", "warn", None, f"cannot build the eps=0 attack: {err}")
         return
     x, y = p.x[:EPS0_EXAMPLES], p.y[:EPS0_EXAMPLES]
-    adv0 = a0(p.job.model, x, y, generator=torch.Generator().manual_seed(chunk_seed(r.run_id, 0)))
+    adv0 = a0(p.model, x, y, generator=torch.Generator().manual_seed(chunk_seed(r.run_id, 0)))
     moved = float((adv0 - x).abs().max()) if x.numel() else 0.0
     # x returned exactly has the clean predictions: no forward needed to know it
     changed = 0 if moved == 0.0 else int((p.predict(adv0) != p.correct[: len(x)]).sum())
@@ -258,7 +265,7 @@ def _noise_predictions(p: _Probe, runs: list[Any]) -> None:
         group = budgets[i : i + per_pass]
         noisy = torch.cat([(x + eps * signs).clamp(0, 1) for eps in group])
         with torch.no_grad():
-            hits = topk_hits(p.job.model(noisy), y.repeat(len(group)))[1]
+            hits = topk_hits(p.model(noisy), y.repeat(len(group)))[1]
         p.noise_cache.update(zip(group, hits.split(len(x)), strict=True))
 
 
@@ -307,7 +314,7 @@ def _amp_recheck(p: _Probe, r: Any) -> None:
     for dtype in (engine.dtype, "float32"):
         gen = torch.Generator().manual_seed(chunk_seed(r.run_id, 0))
         with autocast(engine.device, dtype):
-            adv = r.plan.attack(p.job.model, x, y, generator=gen).float()
+            adv = r.plan.attack(p.model, x, y, generator=gen).float()
         outcomes.append(p.predict(adv) & p.correct[:n])
     differ = int((outcomes[0] != outcomes[1]).sum())
     acc_diff = float(outcomes[0].float().mean() - outcomes[1].float().mean())
