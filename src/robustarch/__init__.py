@@ -18,7 +18,7 @@ import importlib
 import logging
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 SUBMODULES = ("attacks", "data", "errors", "evaluation", "report", "runtime", "store", "train", "zoo")
 
