@@ -88,7 +88,7 @@ def test_saturated_logits_raise_zero_gradient(setup):
 def test_quantized_input_raises_zero_gradient_and_black_box_beats_white_box(setup):
     model, x, y = setup
     res = robustarch.evaluate(
-        Quantized(model), (x, y), attacks=["pgd", ("square", {"queries": 300})], batch_size=N
+        Quantized(model), (x, y), attacks=["pgd", "stepll", ("square", {"queries": 300})], batch_size=N
     )
     got = flags(res)
     assert (
@@ -97,6 +97,9 @@ def test_quantized_input_raises_zero_gradient_and_black_box_beats_white_box(setu
     assert got[("square", "black_box_beats_white_box")]["status"] == "warn"
     assert "masked" in got[("square", "black_box_beats_white_box")]["detail"]
     assert got[("pgd", "noise_baseline")]["status"] == "warn"  # PGD is no stronger than noise here
+    assert "suspect gradient masking" in got[("pgd", "noise_baseline")]["detail"]
+    stepll = got[("stepll", "noise_baseline")]  # targeted at one class: a tie says less
+    assert stepll["status"] == "warn" and "targeted" in stepll["detail"]
     assert got[("clean", "large_eps")]["status"] == "warn"  # even eps 0.5 does not move a zero gradient
 
 

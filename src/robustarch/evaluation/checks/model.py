@@ -294,9 +294,20 @@ def _noise_baseline(p: _Probe, r: Any) -> None:
         "ok" if ok else "warn",
         (noise_correct - attack_correct) / max(1, len(x)),
         f"on {len(x)} examples: random-sign noise of L-inf {eps:.4g} leaves {noise_correct} top-1 "
-        f"correct, the attack {attack_correct}"
-        + ("" if ok else "; the attack is no stronger than noise: suspect gradient masking or a bug"),
+        f"correct, the attack {attack_correct}" + ("" if ok else _weaker_than_noise(r.plan.attack)),
     )
+
+
+def _weaker_than_noise(attack: Any) -> str:
+    """What a run no stronger than noise suggests: masking or a bug, unless the attack aims at one chosen
+    class (StepLL's least-likely class), which can miss untargeted misclassifications that noise finds."""
+    if attack.traits.targeted:
+        return (
+            "; the attack is no stronger than noise, but it is targeted (it aims at one class, which "
+            "noise does not): compare the untargeted attacks' noise_baseline flags before suspecting "
+            "gradient masking"
+        )
+    return "; the attack is no stronger than noise: suspect gradient masking or a bug"
 
 
 def _amp_recheck(p: _Probe, r: Any) -> None:
