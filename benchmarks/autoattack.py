@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _machine import cpu_name  # benchmarks/_machine.py (scripts run from this folder)
+from _machine import compile_sources, cpu_name  # benchmarks/_machine.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -184,6 +184,7 @@ def main() -> int:
         "--seed", type=int, default=0, help="robustarch's generator seed (AutoAttack gets the same draws)"
     )
     args = ap.parse_args()
+    compile_sources()
 
     sys.path.insert(0, str(REPO / "src"))
     import robustarch.attacks as ra

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import SHARED, cpu_name
+from _machine import SHARED, compile_sources, cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG = SHARED / "data" / "cifar10-jpeg"
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved pairs of whole processes")
     args = parser.parse_args()
+    compile_sources()
     if not JPEG.exists():
         raise SystemExit(f"benchmarks/evaluate.py needs the CIFAR-10 JPEG copy at {JPEG}")
     threads = os.environ.get("OMP_NUM_THREADS", "2")

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_name  # benchmarks/_machine.py (scripts run from this folder)
+from _machine import compile_sources, cpu_name  # benchmarks/_machine.py (scripts run from this folder)
 
 BUDGETS = {"robustarch --help": 0.3}
 
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print the docs/benchmarks.md block")
     args = parser.parse_args()
+    compile_sources()
     rows = []
     for label, argv in commands().items():
         times = [cpu_seconds(argv) for _ in range(args.repeats)]
