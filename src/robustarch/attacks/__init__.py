@@ -35,6 +35,7 @@ _EXPORTS = {
     "AttackTraits": "_base",
     "budget_255": "_base",
     "forward_at": "_passes",
+    "row_budget": "_runs",
     "shared_passes": "_passes",
     "check_inputs": "_base",
     "check_model": "_base",

@@ -26,7 +26,9 @@ Per-example worst case: only initially correct, still unbroken examples are atta
 targets; an example is returned at the first point that misclassifies it (AutoAttack returns the last),
 else at its highest-loss point. ``early_stop`` (default on) drops an example from the batch at that first
 point, so the rest run without it: the same outcome for every example, fewer passes. ``eot_samples``:
-gradients averaged over that many forwards (AutoAttack's ``eot_iter``, for randomized models).
+gradients averaged over that many forwards (AutoAttack's ``eot_iter``, for randomized models). Inside
+:func:`robustarch.attacks.row_budget` (the ``autoattack`` cascade opens one) consecutive runs are stacked
+into one batch (:mod:`robustarch.attacks._runs`).
 
 Random draws: per run (restart/target), one ``rand`` (L-inf) or ``randn`` (L2) of the attacked images'
 shape for the start point.
@@ -43,6 +45,7 @@ from robustarch.attacks._base import Attack, Model, rand, randn
 from robustarch.attacks._loss import loss_and_grad
 from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
+from robustarch.attacks._runs import repeat_rows, run_in_sequence
 from robustarch.errors import RobustarchError
 
 
@@ -121,11 +124,10 @@ class _APGDBase(Attack):
         return (x + self.eps * torch.ones_like(x) * _unit(t, self.threat_norm())).clamp(0.0, 1.0)
 
     def _run(
-        self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, generator: torch.Generator | None
+        self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, x_adv: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """One APGD run; returns (returned point, whether it misclassifies)."""
+        """One APGD run from the start point ``x_adv``; returns (returned point, whether it misclassifies)."""
         n = len(x)
-        x_adv = self._start(x, generator)
         logits, loss, grad = self._gradient(model, x_adv, y, target)
         out = x_adv.clone()
         fooled = logits.argmax(1) != y
@@ -236,14 +238,15 @@ class _APGDBase(Attack):
             )
         adv = x.clone()
         todo = torch.nonzero(logits.argmax(1) == y).flatten()
-        for target in self._targets(logits):
-            for _ in range(self.restarts):
-                if not len(todo):
-                    break
-                tgt = target[todo] if target is not None else None
-                out, fooled = self._run(model, x[todo], y[todo], tgt, generator)
-                adv[todo] = out
-                todo = todo[~fooled]
+        targets = [t for t in self._targets(logits) for _ in range(self.restarts)]  # one per run
+
+        def attack(runs: range, todo: Tensor) -> tuple[Tensor, Tensor]:
+            xs, k = x[todo], len(runs)
+            starts = torch.cat([self._start(xs, generator) for _ in runs])  # drawn in run order
+            tgt = None if targets[0] is None else torch.cat([targets[r][todo] for r in runs])
+            return self._run(model, repeat_rows(xs, k), repeat_rows(y[todo], k), tgt, starts)
+
+        todo = run_in_sequence(len(targets), todo, adv, attack)
         extras["robust"] = len(todo)
         return adv
 

@@ -35,6 +35,7 @@ from torch import Tensor
 from robustarch.attacks._base import Attack, Model, randint
 from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import attack_class, create, list_attacks, register_attack
+from robustarch.attacks._runs import row_budget
 from robustarch.errors import RobustarchError
 
 # version -> ordered stages: (key, attack id, fixed parameters); eps, norm and the shared knobs below are
@@ -168,22 +169,24 @@ class AutoAttack(Attack):
         adv = x.clone()
         contributions: dict[str, int] = {}
         seconds: dict[str, float] = {}
-        for key, attack in self._stages.items():
-            idx = torch.nonzero(robust).flatten()
-            contributions[key], seconds[key] = 0, 0.0
-            if not len(idx):
-                continue
-            t0 = time.perf_counter()
-            # the stage's own _perturb: the inputs were validated once, and under the emulated flaw
-            # ``model`` and ``x`` are the normalized view, which only the attack machinery may see
-            out = attack._perturb(model, x[idx], y[idx], self._stage_generator(seed, generator), {})
-            with torch.no_grad():
-                fooled = model(out).argmax(1) != y[idx]
-            hit = idx[fooled]
-            adv[hit], robust[hit] = out[fooled], False
-            for i in hit.tolist():
-                broken_by[i] = key
-            contributions[key], seconds[key] = len(hit), time.perf_counter() - t0
+        # a stage with several runs per example (APGD-T's, FAB-T's targets) stacks them up to len(x) rows
+        with row_budget(len(x)):
+            for key, attack in self._stages.items():
+                idx = torch.nonzero(robust).flatten()
+                contributions[key], seconds[key] = 0, 0.0
+                if not len(idx):
+                    continue
+                t0 = time.perf_counter()
+                # the stage's own _perturb: the inputs were validated once, and under the emulated flaw
+                # ``model`` and ``x`` are the normalized view, which only the attack machinery may see
+                out = attack._perturb(model, x[idx], y[idx], self._stage_generator(seed, generator), {})
+                with torch.no_grad():
+                    fooled = model(out).argmax(1) != y[idx]
+                hit = idx[fooled]
+                adv[hit], robust[hit] = out[fooled], False
+                for i in hit.tolist():
+                    broken_by[i] = key
+                contributions[key], seconds[key] = len(hit), time.perf_counter() - t0
         extras.update(
             broken_by=broken_by, contributions=contributions, stage_seconds=seconds, robust=int(robust.sum())
         )

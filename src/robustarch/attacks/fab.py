@@ -22,7 +22,9 @@ Robust-accuracy use, as inside AutoAttack: FAB minimizes the perturbation, but a
 soon as an iterate misclassifies it at a norm ``<= eps``; it is returned at that point and leaves the batch
 (AutoAttack's decision is the same: its smallest adversarial norm is ``<= eps`` exactly when some iterate's
 is). Examples never broken, and examples the model already misclassifies, are returned clean. Later restarts
-and targets attack only the examples still robust.
+and targets attack only the examples still robust; inside :func:`robustarch.attacks.row_budget` (the
+``autoattack`` cascade opens one) consecutive runs are stacked into one batch
+(:mod:`robustarch.attacks._runs`).
 
 Random draws: the first run (restart) per target starts at ``x_0`` and draws nothing, so with ``restarts=1``
 (the default, as in AutoAttack "standard") the attack is deterministic. Each later restart draws, for the
@@ -40,6 +42,7 @@ from torch import Tensor
 from robustarch.attacks._base import Attack, Model, rand, randn
 from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
+from robustarch.attacks._runs import repeat_rows, run_in_sequence
 from robustarch.errors import RobustarchError, UnknownNameError
 
 NORMS = ("Linf", "L2")
@@ -249,14 +252,16 @@ class _FABBase(Attack):
         if self.eps == 0:  # no point within norm 0 differs from the (correctly classified) image
             extras["robust"] = len(todo)
             return adv
-        for classes in self._candidates(logits, y):
-            for restart in range(self.restarts):
-                if not len(todo):
-                    break
-                start = self._start(x[todo], restart, generator)
-                out, broken = self._run(model, x[todo], y[todo], classes[todo], start)
-                adv[todo[broken]] = out[broken]
-                todo = todo[~broken]
+        runs = [(c, restart) for c in self._candidates(logits, y) for restart in range(self.restarts)]
+
+        def attack(block: range, todo: Tensor) -> tuple[Tensor, Tensor]:
+            # an unbroken example's output is x0, its value in adv: writing it back changes nothing
+            xs, k = x[todo], len(block)
+            starts = torch.cat([self._start(xs, runs[r][1], generator) for r in block])
+            classes = torch.cat([runs[r][0][todo] for r in block])
+            return self._run(model, repeat_rows(xs, k), repeat_rows(y[todo], k), classes, starts)
+
+        todo = run_in_sequence(len(runs), todo, adv, attack)
         extras["robust"] = len(todo)
         return adv
 
