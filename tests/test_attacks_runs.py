@@ -127,3 +127,20 @@ def test_the_cascade_stacks_targets_within_its_batch(data) -> None:
     assert 0 < robust_after_ce <= len(x) // 2  # room for two targets per stack
     assert max(rows) <= len(x)
     assert max(rows) >= 2 * robust_after_ce  # APGD-T's first stack starts with every row it holds
+
+
+@pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
+def test_square_looking_ahead_ends_where_the_one_at_a_time_search_does(data, eps: float) -> None:
+    """Square's shared-window variant evaluates several proposals per example at once inside a row budget:
+    every example ends at the same point after the same number of queries (also those it breaks)."""
+    model, x, y = data
+    attack = ra.create("square", variant="autoattack", queries=200, eps=eps)
+    plain = attack.run(model, x, y, generator=gen(5))
+    for budget in (3 * len(x), 40 * len(x)):
+        with ra.row_budget(budget):
+            ahead = attack.run(model, x, y, generator=gen(5))
+        assert torch.equal(ahead.adv, plain.adv)
+        assert torch.equal(ahead.extras["queries"], plain.extras["queries"])
+    with torch.no_grad():
+        broken = model(plain.adv).argmax(1) != y
+    assert 0 < int(broken.sum()) < len(y)  # both kinds of examples are compared

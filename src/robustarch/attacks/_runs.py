@@ -1,7 +1,7 @@
 """An attack's independent runs (its restarts and targets) stacked into one batch.
 
 AutoAttack runs APGD-T's and FAB-T's nine targets one after the other, each on the examples the earlier ones
-left robust (Croce & Hein 2020, arXiv:2003.01690, Sec. 4). Each run treats its rows independently, so ``k``
+left robust (Croce & Hein 2020, arXiv:2003.01690). Each run treats its rows independently, so ``k``
 consecutive runs can share one batch of ``k x m`` rows (the ``m`` examples still robust when the stack
 starts, once per run), and each example takes the output of the first of those runs that broke it, else
 the last run's, as the sequence would give it.
@@ -18,7 +18,8 @@ breaks inside a stack, the draws, the iterates and the outputs are those of the 
 
 Stacking happens only inside :func:`row_budget` (the ``autoattack`` cascade opens one with its batch's
 size, so a stack never holds more rows than the batch its first stage attacked); a direct call of an
-attack runs its runs one after another.
+attack runs its runs one after another. Square's ``autoattack`` variant uses the same budget to evaluate
+several proposals per example in one batch (``Square._search_ahead``).
 """
 
 from __future__ import annotations

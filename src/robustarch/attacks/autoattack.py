@@ -18,6 +18,11 @@ Per call, ``result.extras`` holds ``broken_by`` (per example: the key of the sta
 robust), ``contributions`` (per stage, in order: how many examples it broke), ``stage_seconds`` and
 ``robust`` (the count still robust).
 
+Batches: the cascade opens a :func:`robustarch.attacks.row_budget` of its batch's size, so APGD-T's and
+FAB-T's targets are stacked into batches of up to that many rows and Square evaluates several proposals per
+example at once (:mod:`robustarch.attacks._runs`): after APGD-CE the robust examples are few, and passes
+over few examples run far below a device's throughput.
+
 Random draws: one seed ``randint(2**31 - 1)`` from the caller's generator; every stage then draws from a
 fresh generator seeded with it (on the caller's generator's device), as AutoAttack re-seeds every attack
 with its one ``seed``: a stage's draws do not depend on how many the earlier stages made.

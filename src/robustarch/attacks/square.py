@@ -17,7 +17,10 @@ Two variants (``variant``):
   per channel) per iteration shared by the batch, drawn as AutoAttack draws them (positions
   ``int(U * (H - s))``, so never the last row/column); no re-draws; the halving iterations as written,
   not rescaled (with 5000 queries ``p`` is last halved at iteration 4000); ``queries`` iterations after the
-  start, so up to ``queries + 1`` evaluations per example.
+  start, so up to ``queries + 1`` evaluations per example. L-inf: as the windows depend only on the
+  iteration, inside :func:`robustarch.attacks.row_budget` (the cascade opens one) each example's next
+  proposals are evaluated together in one batch (:meth:`Square._search_ahead`): the same points after the
+  same number of queries, in fewer, larger forward passes.
 
 L-inf start: vertical stripes ``x + eps * s``, one random sign per (channel, column); proposals set a square
 window of side ``round(sqrt(p * H * W))`` to ``x +- eps`` (one sign per channel). L2 (Algorithm 3): the start
@@ -46,6 +49,7 @@ from torch import Tensor
 from robustarch.attacks._base import Attack, Model, rand, randint
 from robustarch.attacks._passes import forward_at
 from robustarch.attacks._registry import register_attack
+from robustarch.attacks._runs import runs_per_stack
 from robustarch.errors import RobustarchError
 
 _HALVING = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -110,11 +114,14 @@ def eta_pattern(s: int) -> Tensor:
     return delta / (delta**2).sum(dim=(0, 1), keepdim=True).sqrt()
 
 
-def _windows(rows: Tensor, cols: Tensor, s: int, h: int, w: int) -> Tensor:
-    """Boolean masks ``(m, 1, H, W)`` of the ``s x s`` windows with top-left corners ``(rows, cols)``."""
+def _windows(rows: Tensor, cols: Tensor, s: int | Tensor, h: int, w: int) -> Tensor:
+    """Boolean masks ``(m, 1, H, W)`` of the ``s x s`` windows with top-left corners ``(rows, cols)`` (``s``
+    one side for all, or one per window)."""
     r = torch.arange(h, device=rows.device).view(1, 1, h, 1)
     c = torch.arange(w, device=rows.device).view(1, 1, 1, w)
     r0, c0 = rows.view(-1, 1, 1, 1), cols.view(-1, 1, 1, 1)
+    if isinstance(s, Tensor):
+        s = s.view(-1, 1, 1, 1)
     return (r >= r0) & (r < r0 + s) & (c >= c0) & (c < c0 + s)
 
 
@@ -127,6 +134,48 @@ def _window_index(rows: Tensor, cols: Tensor, s: int, channels: int) -> tuple[Te
         (rows.view(m, 1) + ar).view(m, 1, s, 1),
         (cols.view(m, 1) + ar).view(m, 1, 1, s),
     )
+
+
+class _SharedWindows:
+    """The ``autoattack`` variant's L-inf proposals: per iteration one window (side, row, column) and one sign
+    per channel for the whole batch, drawn in iteration order as AutoAttack draws them, on first need.
+    Iteration ``it``'s proposal for an example at ``cur`` sets the window to ``cur +- 2 eps`` and projects
+    onto the eps-ball around the image and [0,1], as AutoAttack's ``square.py`` does."""
+
+    def __init__(self, attack: Square, x: Tensor, generator: torch.Generator | None):
+        c = x.shape[1]
+        self.attack, self.generator, self.like = attack, generator, x
+        self.windows: list[tuple[int, int, int]] = []  # (side, row, column) per iteration drawn
+        self.table = torch.zeros((attack.queries, 3), dtype=torch.long)  # the same, to index by tensor
+        self.signs = torch.zeros((attack.queries, c, 1, 1), device=x.device, dtype=x.dtype)
+
+    def _draw_until(self, count: int) -> None:
+        _, c, h, w = self.like.shape
+        for it in range(len(self.windows), count):
+            s = min(max(round(math.sqrt(self.attack._p(it) * (c * h * w) / c)), 1), min(h, w))
+            window = (s, _aa_int(h - s, self.generator, self.like), _aa_int(w - s, self.generator, self.like))
+            self.windows.append(window)
+            self.table[it] = torch.tensor(window)
+            self.signs[it] = _aa_signs((c, 1, 1), self.generator, self.like)
+
+    def _project(self, proposal: Tensor, x: Tensor) -> Tensor:
+        eps = self.attack.eps
+        return torch.clamp(torch.min(torch.max(proposal, x - eps), x + eps), 0.0, 1.0)
+
+    def at(self, it: int, x: Tensor, cur: Tensor) -> Tensor:
+        """Iteration ``it``'s proposals from every row of ``cur``."""
+        self._draw_until(it + 1)
+        s, vh, vw = self.windows[it]
+        step = torch.zeros(x.shape[1:], device=x.device, dtype=x.dtype)
+        step[:, vh : vh + s, vw : vw + s] = 2.0 * self.attack.eps * self.signs[it]
+        return self._project(cur + step, x)
+
+    def candidates(self, x: Tensor, cur: Tensor, its: Tensor) -> Tensor:
+        """Row ``i``'s proposal of iteration ``its[i]`` from ``cur[i]``."""
+        self._draw_until(int(its.max()) + 1)
+        sides, rows, cols = self.table[its.cpu()].to(x.device).unbind(1)
+        window = _windows(rows, cols, sides, x.shape[2], x.shape[3])
+        return self._project(cur + torch.where(window, 2.0 * self.attack.eps * self.signs[its], 0.0), x)
 
 
 @register_attack
@@ -209,7 +258,8 @@ class Square(Attack):
         if self.threat_norm() == "L2":
             start, propose = self._l2_start(x, generator), self._l2_proposal(x.shape, generator)
         elif self._shared:
-            start, propose = self._linf_start(x, generator, _aa_signs), self._linf_aa_proposal(x, generator)
+            start = self._linf_start(x, generator, _aa_signs)
+            return self._search_ahead(model, x, y, start, _SharedWindows(self, x, generator))
         else:
             start, propose = self._linf_start(x, generator, _signs), self._linf_proposal(x, generator)
         return self._search(model, x, y, start, propose)
@@ -245,18 +295,48 @@ class Square(Attack):
 
         return propose
 
-    def _linf_aa_proposal(self, x_all: Tensor, generator: torch.Generator | None) -> Proposal:
-        _, c, h, w = x_all.shape
-        eps = self.eps
+    def _search_ahead(
+        self, model: Model, x: Tensor, y: Tensor, x_best: Tensor, windows: _SharedWindows
+    ) -> tuple[Tensor, Tensor]:
+        """The random search of the shared-window L-inf variant, evaluating each example's next ``k``
+        proposals in one batch (``k`` = 1, or as many as :func:`robustarch.attacks.row_budget` allows).
 
-        def propose(it: int, idx: Tensor, x: Tensor, cur: Tensor) -> Tensor:
-            s = min(max(round(math.sqrt(self._p(it) * (c * h * w) / c)), 1), min(h, w))
-            vh, vw = _aa_int(h - s, generator, x), _aa_int(w - s, generator, x)
-            step = torch.zeros((c, h, w), device=x.device, dtype=x.dtype)
-            step[:, vh : vh + s, vw : vw + s] = 2.0 * eps * _aa_signs((c, 1, 1), generator, x)
-            return torch.clamp(torch.min(torch.max(cur + step, x - eps), x + eps), 0.0, 1.0)
-
-        return propose
+        A proposal's window and signs depend only on its iteration, so the proposals of iterations
+        ``t .. t + k - 1`` can all be built from the example's current best point: each is the one the
+        search would make as long as none before it is kept. Up to the first kept one they are exactly the
+        search's queries; the rest are dropped and made again from the new best point. Every example ends
+        where the one-at-a-time search would, after as many queries."""
+        with torch.no_grad():
+            margin = _margin(model(x_best), y)
+        n = len(x)
+        next_it = torch.zeros(n, dtype=torch.long, device=x.device)
+        queries = torch.ones(n, device=x.device)
+        while True:
+            live = torch.nonzero((margin > 0) & (next_it < self.queries)).flatten()
+            if not len(live):
+                break
+            k = runs_per_stack(self.queries, len(live))
+            its = next_it[live, None] + torch.arange(k, device=x.device)
+            valid = its < self.queries  # (m, k): the proposals each example has left
+            row, ahead = valid.nonzero(as_tuple=True)  # row-major: each example's proposals in order
+            if k == 1:  # k only grows as examples break: so far every live example is at one iteration
+                cand = windows.at(int(its[0, 0]), x[live], x_best[live])
+            else:
+                cand = windows.candidates(x[live[row]], x_best[live[row]], its[row, ahead])
+            new = torch.full(its.shape, float("inf"), device=x.device, dtype=margin.dtype)
+            with torch.no_grad():
+                new[row, ahead] = _margin(model(cand), y[live[row]])
+            better = new < margin[live, None]
+            kept = better.any(1)
+            first = better.int().argmax(1)  # the first kept proposal (argmax: the first maximal entry)
+            counted = torch.where(kept, first + 1, valid.sum(1))  # queries up to it, or all k rejected
+            queries[live] += counted
+            next_it[live] += counted
+            if bool(kept.any()):
+                at = valid.sum(1).cumsum(0) - valid.sum(1) + first  # its row in cand
+                x_best[live[kept]] = cand[at[kept]]
+                margin[live[kept]] = new[kept, first[kept]]
+        return x_best, queries
 
     # ---- L2 ---------------------------------------------------------------------------------------------
     def _l2_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
