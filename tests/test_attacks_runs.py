@@ -87,9 +87,9 @@ def data() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ra.list_attacks())
 def test_an_attack_inside_a_row_budget_gives_what_it_gives_outside(data, name: str) -> None:
-    """Stacking changes nothing while no example breaks inside a stack, and a deterministic attack's draws
-    do not depend on it at all: compare on the examples the attack leaves robust (for a randomized attack,
-    narrowed until a run on them breaks none, so that no stack can contain a break)."""
+    """Stacking changes nothing for a deterministic attack, and for a randomized one while no example breaks
+    inside a stack: a deterministic attack is compared on all 32 examples, a randomized one on examples
+    narrowed until a run on them breaks none (so that no stack can contain a break)."""
     model, x, y = data
     attack = _attack(name)
     keep = torch.ones(len(x), dtype=torch.bool)
