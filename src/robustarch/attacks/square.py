@@ -318,6 +318,7 @@ class Square(Attack):
             k = runs_per_stack(self.queries, len(live))
             its = next_it[live, None] + torch.arange(k, device=x.device)
             valid = its < self.queries  # (m, k): the proposals each example has left
+            left = valid.sum(1)
             row, ahead = valid.nonzero(as_tuple=True)  # row-major: each example's proposals in order
             if k == 1:  # k only grows as examples break: so far every live example is at one iteration
                 cand = windows.at(int(its[0, 0]), x[live], x_best[live])
@@ -329,11 +330,11 @@ class Square(Attack):
             better = new < margin[live, None]
             kept = better.any(1)
             first = better.int().argmax(1)  # the first kept proposal (argmax: the first maximal entry)
-            counted = torch.where(kept, first + 1, valid.sum(1))  # queries up to it, or all k rejected
+            counted = torch.where(kept, first + 1, left)  # queries up to it, or all of them rejected
             queries[live] += counted
             next_it[live] += counted
             if bool(kept.any()):
-                at = valid.sum(1).cumsum(0) - valid.sum(1) + first  # its row in cand
+                at = left.cumsum(0) - left + first  # its row in cand
                 x_best[live[kept]] = cand[at[kept]]
                 margin[live[kept]] = new[kept, first[kept]]
         return x_best, queries
